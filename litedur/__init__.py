@@ -1,0 +1,56 @@
+"""litedur: durable execution for one machine, with durable streams, in one SQLite file.
+
+Workflows and their checkpointed steps survive crashes and restarts; values written to a stream
+reach every reader (this process, another process, the ``litedur tail`` command) in order, live,
+and keep arriving across a crash and recovery of the writer.
+"""
+
+from __future__ import annotations
+
+from .client import Client, StepInfo, StreamInfo, WorkflowHandle, WorkflowStatus
+from .engine import Engine, SetWorkflowID
+from .errors import (
+    DatabaseError,
+    ExecutorError,
+    LitedurError,
+    MaxRecoveryAttemptsExceededError,
+    NonDeterminismError,
+    NotInWorkflowError,
+    RecordedError,
+    SerializationError,
+    StreamClosedError,
+    WorkflowCancelledError,
+    WorkflowConflictError,
+    WorkflowNotFoundError,
+)
+from .streams import AsyncStreamReader, StreamReader
+from .values import Pickled, Serializer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncStreamReader",
+    "Client",
+    "DatabaseError",
+    "Engine",
+    "ExecutorError",
+    "LitedurError",
+    "MaxRecoveryAttemptsExceededError",
+    "NonDeterminismError",
+    "NotInWorkflowError",
+    "Pickled",
+    "RecordedError",
+    "SerializationError",
+    "Serializer",
+    "SetWorkflowID",
+    "StepInfo",
+    "StreamClosedError",
+    "StreamInfo",
+    "StreamReader",
+    "WorkflowCancelledError",
+    "WorkflowConflictError",
+    "WorkflowHandle",
+    "WorkflowNotFoundError",
+    "WorkflowStatus",
+    "__version__",
+]

@@ -1,0 +1,3 @@
+from litedur.cli import main
+
+main()

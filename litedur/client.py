@@ -1,0 +1,278 @@
+"""The read and management side of litedur: status, handles, introspection and stream readers.
+
+`Client` is what a process that runs no workflows uses (a dashboard, the CLI, a second reader);
+`Engine` extends it with running workflows. A client never creates a database file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import (
+    MaxRecoveryAttemptsExceededError,
+    WorkflowCancelledError,
+    WorkflowNotFoundError,
+)
+from .storage import CLOSED_BY_TERMINATION, CLOSED_BY_WORKFLOW, SQLiteStorage, StepRow, WorkflowRow
+from .streams import AsyncStreamReader, StreamReader
+from .values import Codec, Serializer
+from .wakeup import feed_for
+
+FINAL_STATUSES = frozenset({"SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
+
+
+@dataclass(frozen=True)
+class WorkflowStatus:
+    """One workflow as recorded: identity, state, times (epoch seconds) and decoded values."""
+
+    workflow_id: str
+    name: str
+    status: str
+    created_at: float
+    updated_at: float
+    executor_id: str | None
+    recovery_attempts: int
+    inputs: dict[str, Any] | None = None
+    output: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One recorded step: its position in the workflow, name, attempts, timing and result."""
+
+    workflow_id: str
+    position: int
+    name: str
+    attempts: int
+    started_at: float
+    finished_at: float
+    output: Any = None
+    error: BaseException | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """One stream of a workflow: its length and whether (and by whom) it was closed."""
+
+    workflow_id: str
+    key: str
+    length: int
+    closed: bool
+    closed_by: str | None
+
+
+def default_path() -> str:
+    return os.environ.get("LITEDUR_DB") or "./litedur.db"
+
+
+def _check_path_type(path: Any) -> str:
+    if path is None:
+        return default_path()
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"database path must be a str or os.PathLike, not {type(path).__name__}")
+    return os.fspath(path)
+
+
+class WorkflowHandle:
+    """A reference to one workflow: wait for its result or look at its status."""
+
+    def __init__(self, client: Client, workflow_id: str) -> None:
+        self._client = client
+        self.workflow_id = workflow_id
+
+    def get_status(self) -> WorkflowStatus:
+        return self._client.get_status(self.workflow_id)
+
+    def get_result(self, timeout: float | None = None) -> Any:
+        """Wait for the workflow to end; return its output or raise its exception."""
+        return self._client._await_result(self.workflow_id, timeout)
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r})"
+
+
+class Client:
+    """Reads and manages workflows in an existing litedur database; runs none itself."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        serializer: Serializer | None = None,
+        unpickle: bool = True,
+        wait: str = "auto",
+    ) -> None:
+        self._open(_check_path_type(path), serializer, unpickle, wait, create=False, durability="normal")
+
+    def _open(
+        self,
+        path: str,
+        serializer: Serializer | None,
+        unpickle: bool,
+        wait: str,
+        *,
+        create: bool,
+        durability: str,
+    ) -> None:
+        if wait not in ("auto", "notify", "poll"):
+            raise ValueError(f"wait must be 'auto', 'notify' or 'poll', not {wait!r}")
+        self._storage = SQLiteStorage(path, create=create, durability=durability)
+        self._codec = Codec(serializer)
+        self._unpickle = unpickle
+        self._wait_mode = wait
+        self._feed = feed_for(self._storage.path)
+
+    @property
+    def path(self) -> str:
+        """Absolute path of the database file."""
+        return self._storage.path
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._storage.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- workflows --------------------------------------------------------------------------
+
+    def get_status(self, workflow_id: str) -> WorkflowStatus:
+        """The workflow's recorded status; WorkflowNotFoundError if there is none."""
+        return self._status_of(self._workflow_row(workflow_id))
+
+    def retrieve_workflow(self, workflow_id: str) -> WorkflowHandle:
+        """A handle to an existing workflow; WorkflowNotFoundError if there is none."""
+        self._workflow_row(workflow_id)
+        return WorkflowHandle(self, workflow_id)
+
+    def list_workflows(
+        self, status: str | None = None, name: str | None = None, limit: int | None = None
+    ) -> list[WorkflowStatus]:
+        """Workflows newest first, filtered by status and name, at most ``limit``."""
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
+        rows = self._storage.list_workflows(status=status, name=name, limit=limit)
+        return [self._status_of(row) for row in rows]
+
+    def list_steps(self, workflow_id: str) -> list[StepInfo]:
+        """The workflow's recorded steps, by position."""
+        self._workflow_row(workflow_id)
+        return [self._step_of(row) for row in self._storage.list_steps(workflow_id)]
+
+    def list_streams(self, workflow_id: str) -> list[StreamInfo]:
+        """The workflow's streams, by key."""
+        self._workflow_row(workflow_id)
+        closed_by = {CLOSED_BY_WORKFLOW: "workflow", CLOSED_BY_TERMINATION: "termination"}
+        return [
+            StreamInfo(row.workflow_id, row.key, row.length, row.closed != 0, closed_by.get(row.closed))
+            for row in self._storage.list_streams(workflow_id)
+        ]
+
+    def info(self) -> dict[str, Any]:
+        """The file, its schema version, sizes on disk and workflow counts by status."""
+        return {
+            "path": self.path,
+            "schema_version": self._storage.schema_version(),
+            "sizes": self._storage.file_sizes(),
+            "workflows": self._storage.count_by_status(),
+        }
+
+    # ---- streams ----------------------------------------------------------------------------
+
+    def read_stream(
+        self, workflow_id: str, key: str, *, start: int = 0, timeout: float | None = None
+    ) -> StreamReader:
+        """Iterate over the stream's values from ``start``, blocking for new ones until it ends.
+
+        It ends when the stream is closed or the workflow reached a final status, after every
+        value was delivered. ``timeout`` bounds the wait for each next value (TimeoutError).
+        """
+        return StreamReader(
+            self._storage, self._codec, self._feed, workflow_id, key,
+            start=start, timeout=timeout, wait=self._wait_mode, unpickle=self._unpickle,
+        )  # fmt: skip
+
+    def read_stream_async(
+        self, workflow_id: str, key: str, *, start: int = 0, timeout: float | None = None
+    ) -> AsyncStreamReader:
+        """`read_stream` as an async iterator."""
+        return AsyncStreamReader(self.read_stream(workflow_id, key, start=start, timeout=timeout))
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _workflow_row(self, workflow_id: str) -> WorkflowRow:
+        if not isinstance(workflow_id, str):
+            raise TypeError(f"workflow_id must be a str, not {type(workflow_id).__name__}")
+        row = self._storage.get_workflow(workflow_id)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        return row
+
+    def _decode(self, encoding: int | None, data: Any) -> Any:
+        return None if encoding is None else self._codec.decode(encoding, data, unpickle=self._unpickle)
+
+    def _status_of(self, row: WorkflowRow) -> WorkflowStatus:
+        inputs = self._decode(row.inputs_encoding, row.inputs)
+        if isinstance(inputs, dict):
+            inputs = {"args": tuple(inputs.get("args", ())), "kwargs": inputs.get("kwargs", {})}
+        error = None if row.error is None else self._codec.decode_error(row.error, row.error_pickle)
+        return WorkflowStatus(
+            workflow_id=row.workflow_id,
+            name=row.name,
+            status=row.status,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            executor_id=row.executor_id,
+            recovery_attempts=row.recovery_attempts,
+            inputs=inputs,
+            output=self._decode(row.output_encoding, row.output),
+            error=error,
+        )
+
+    def _step_of(self, row: StepRow) -> StepInfo:
+        error = None if row.error is None else self._codec.decode_error(row.error, row.error_pickle)
+        return StepInfo(
+            workflow_id=row.workflow_id,
+            position=row.position,
+            name=row.name,
+            attempts=row.attempts,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            output=self._decode(row.output_encoding, row.output),
+            error=error,
+        )
+
+    def _await_result(self, workflow_id: str, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = self._feed.waiter(self._wait_mode)
+        while True:
+            waiter.arm()
+            row = self._workflow_row(workflow_id)
+            if row.status in FINAL_STATUSES:
+                return self._result_of(row)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout} s")
+            waiter.wait(deadline)
+
+    def _result_of(self, row: WorkflowRow) -> Any:
+        if row.status == "SUCCESS":
+            return self._decode(row.output_encoding, row.output)
+        if row.status == "ERROR":
+            raise self._codec.decode_error(row.error or "{}", row.error_pickle)
+        if row.status == "CANCELLED":
+            raise WorkflowCancelledError(f"workflow {row.workflow_id!r} was cancelled")
+        raise MaxRecoveryAttemptsExceededError(
+            f"workflow {row.workflow_id!r} exceeded its recovery attempts "
+            f"({row.recovery_attempts}) and is no longer run automatically"
+        )

@@ -1,0 +1,63 @@
+"""Every exception litedur raises, under one base class."""
+
+from __future__ import annotations
+
+
+class LitedurError(Exception):
+    """Base class of every error litedur raises on purpose."""
+
+
+class DatabaseError(LitedurError):
+    """The database file cannot be used: missing, foreign, corrupt, read-only, locked or full."""
+
+
+class WorkflowNotFoundError(LitedurError):
+    """No workflow with the given id exists in the database."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"no workflow with id {workflow_id!r}")
+        self.workflow_id = workflow_id
+
+
+class WorkflowConflictError(LitedurError):
+    """A workflow id is already taken by a workflow of another name."""
+
+
+class StreamClosedError(LitedurError):
+    """A value was written to a stream that is already closed."""
+
+
+class SerializationError(LitedurError):
+    """A value cannot be stored, or a stored value cannot be decoded."""
+
+
+class NonDeterminismError(LitedurError):
+    """On replay, the workflow called something other than what was recorded at that position."""
+
+
+class NotInWorkflowError(LitedurError):
+    """A call that needs a running workflow or step was made outside of one."""
+
+
+class ExecutorError(LitedurError):
+    """This process cannot act as an executor (its id is held by another live process)."""
+
+
+class RecordedError(LitedurError):
+    """A recorded exception whose original type could not be restored.
+
+    Carries the original type's name and message, so replay and `get_result` still fail loudly.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+class WorkflowCancelledError(LitedurError):
+    """The awaited workflow was cancelled."""
+
+
+class MaxRecoveryAttemptsExceededError(LitedurError):
+    """The awaited workflow was recovered too many times and is no longer run automatically."""

@@ -1,0 +1,634 @@
+"""Every SQL statement litedur runs, behind the verbs the engine needs.
+
+`SQLiteStorage` is the one backend: a WAL-mode SQLite file opened through apsw. Each public method is
+one transaction (writes use ``BEGIN IMMEDIATE``, so they wait in the busy handler instead of failing
+on a lock upgrade) and its docstring says what it guarantees. Rows come back as plain tuples of stored
+(still encoded) values; decoding is the caller's business. Nothing here imports the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import apsw
+
+from .errors import DatabaseError, StreamClosedError
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x4C544452  # "LTDR"
+SQLITE_HEADER = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 30_000
+
+OPEN, CLOSED_BY_WORKFLOW, CLOSED_BY_TERMINATION = 0, 1, 2
+ACTIVE_STATUSES = ("PENDING", "ENQUEUED")
+WRITE_STREAM_STEP = "litedur.write_stream"
+
+MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE workflows (
+        workflow_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        inputs_encoding INTEGER NOT NULL,
+        inputs,
+        output_encoding INTEGER,
+        output,
+        error TEXT,
+        error_pickle BLOB,
+        executor_id TEXT,
+        recovery_attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX workflows_by_created ON workflows (created_at);
+    CREATE INDEX workflows_by_status ON workflows (status, executor_id);
+    CREATE TABLE steps (
+        workflow_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        output_encoding INTEGER,
+        output,
+        error TEXT,
+        error_pickle BLOB,
+        attempts INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        PRIMARY KEY (workflow_id, position)
+    ) WITHOUT ROWID;
+    CREATE TABLE streams (
+        stream_id INTEGER PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        length INTEGER NOT NULL DEFAULT 0,
+        closed INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (workflow_id, key)
+    );
+    CREATE TABLE stream_entries (
+        stream_id INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        encoding INTEGER NOT NULL,
+        value,
+        position INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        PRIMARY KEY (stream_id, offset)
+    ) WITHOUT ROWID;
+    CREATE TABLE executors (
+        executor_id TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        hostname TEXT NOT NULL,
+        started_at REAL NOT NULL
+    );
+    """,
+]
+
+
+class WorkflowRow(NamedTuple):
+    workflow_id: str
+    name: str
+    status: str
+    inputs_encoding: int
+    inputs: Any
+    output_encoding: int | None
+    output: Any
+    error: str | None
+    error_pickle: bytes | None
+    executor_id: str | None
+    recovery_attempts: int
+    created_at: float
+    updated_at: float
+
+
+class StepRow(NamedTuple):
+    workflow_id: str
+    position: int
+    name: str
+    output_encoding: int | None
+    output: Any
+    error: str | None
+    error_pickle: bytes | None
+    attempts: int
+    started_at: float
+    finished_at: float
+
+
+class StreamRow(NamedTuple):
+    workflow_id: str
+    key: str
+    length: int
+    closed: int
+
+
+class EntryRow(NamedTuple):
+    offset: int
+    encoding: int
+    value: Any
+    position: int
+    attempt: int
+
+
+_WORKFLOW_COLUMNS = ", ".join(WorkflowRow._fields)
+_STEP_COLUMNS = ", ".join(StepRow._fields)
+
+
+class SQLiteStorage:
+    """A litedur database in one WAL-mode SQLite file; one apsw connection per thread."""
+
+    def __init__(self, path: str, *, create: bool = True, durability: str = "normal") -> None:
+        if durability not in ("normal", "full"):
+            raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
+        self.path = os.path.abspath(os.fspath(path))
+        self.durability = durability
+        self._local = threading.local()
+        self._connections: list[apsw.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._closed = False
+        is_new = _check_path(self.path, create)
+        if is_new:
+            _create_private_file(self.path)
+        with self._translate_errors("open"):
+            conn = self._connection()
+            self._prepare_schema(conn)
+
+    # ---- connections and transactions -------------------------------------------------------
+
+    def _connection(self) -> apsw.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise DatabaseError(f"database {self.path} is closed")
+            conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+            conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+            synchronous = "FULL" if self.durability == "full" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[apsw.Connection]:
+        with self._translate_errors(what):
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _read(self, what: str) -> Iterator[apsw.Connection]:
+        with self._translate_errors(what):
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if not conn.get_autocommit():
+                    conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _translate_errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except apsw.ReadOnlyError as exc:
+            raise DatabaseError(f"cannot {what}: database {self.path} is read-only ({exc})") from exc
+        except apsw.FullError as exc:
+            raise DatabaseError(f"cannot {what}: disk full writing {self.path} ({exc})") from exc
+        except (apsw.BusyError, apsw.LockedError) as exc:
+            raise DatabaseError(
+                f"cannot {what}: database {self.path} stayed locked by another connection "
+                f"for {BUSY_TIMEOUT_MS // 1000} s ({exc})"
+            ) from exc
+        except (apsw.NotADBError, apsw.CorruptError) as exc:
+            raise DatabaseError(f"cannot {what}: {self.path} is corrupt or not a database ({exc})") from exc
+        except (apsw.CantOpenError, apsw.IOError, apsw.PermissionsError) as exc:
+            raise DatabaseError(f"cannot {what}: I/O error on {self.path} ({exc})") from exc
+
+    def close(self) -> None:
+        """Close every connection this object opened (idle ones; call when no thread uses it)."""
+        self._closed = True
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(apsw.Error):
+                conn.close()
+        self._local = threading.local()
+
+    # ---- schema -----------------------------------------------------------------------------
+
+    def _prepare_schema(self, conn: apsw.Connection) -> None:
+        version, app_id, tables = self._inspect(conn)
+        if app_id != APPLICATION_ID and (app_id != 0 or tables):
+            raise DatabaseError(f"{self.path} is a SQLite database of another application, not litedur")
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"{self.path} has litedur schema version {version}; this litedur reads up to "
+                f"{SCHEMA_VERSION}: upgrade litedur"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if _is_readonly(conn):
+            raise DatabaseError(f"{self.path} needs a schema upgrade but is read-only")
+        list(conn.execute("PRAGMA journal_mode = WAL"))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version, _, _ = self._inspect(conn)
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                list(conn.execute(MIGRATIONS[number - 1]))
+            list(conn.execute(f"PRAGMA application_id = {APPLICATION_ID}"))
+            list(conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}"))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _inspect(conn: apsw.Connection) -> tuple[int, int, int]:
+        version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+        app_id = conn.execute("PRAGMA application_id").fetchall()[0][0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()[0][0]
+        return version, app_id, tables
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the file."""
+        with self._read("read the schema version") as conn:
+            return conn.execute("PRAGMA user_version").fetchall()[0][0]
+
+    def is_readonly(self) -> bool:
+        """True when this process can only read the file."""
+        return _is_readonly(self._connection())
+
+    # ---- executors ----------------------------------------------------------------------------
+
+    def register_executor(self, executor_id: str, pid: int, hostname: str) -> None:
+        """Record (or refresh) an executor's identity; liveness itself is the executor's file lock."""
+        with self._write(f"register executor {executor_id!r}") as conn:
+            conn.execute(
+                "INSERT INTO executors (executor_id, pid, hostname, started_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (executor_id) DO UPDATE SET pid = excluded.pid, "
+                "hostname = excluded.hostname, started_at = excluded.started_at",
+                (executor_id, pid, hostname, time.time()),
+            )
+
+    def forget_executor(self, executor_id: str) -> None:
+        """Remove an executor's identity row if it owns no active workflow."""
+        with self._write(f"forget executor {executor_id!r}") as conn:
+            conn.execute(
+                "DELETE FROM executors WHERE executor_id = ? AND NOT EXISTS (SELECT 1 FROM workflows "
+                "WHERE executor_id = ? AND status IN ('PENDING', 'ENQUEUED'))",
+                (executor_id, executor_id),
+            )
+
+    def active_executors(self, exclude: str | None = None) -> list[str]:
+        """Distinct executors that own PENDING workflows (``exclude`` left out)."""
+        with self._read("list executors") as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT executor_id FROM workflows WHERE status = 'PENDING' "
+                "AND executor_id IS NOT ?",
+                (exclude,),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def pending_workflows_of(self, executor_id: str | None) -> list[tuple[str, str]]:
+        """``(workflow_id, name)`` of the PENDING workflows owned by ``executor_id``, oldest first."""
+        with self._read("list pending workflows") as conn:
+            rows = conn.execute(
+                "SELECT workflow_id, name FROM workflows WHERE status = 'PENDING' "
+                "AND executor_id IS ? ORDER BY created_at",
+                (executor_id,),
+            ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    # ---- workflows ------------------------------------------------------------------------------
+
+    def create_workflow(
+        self,
+        workflow_id: str,
+        name: str,
+        inputs: tuple[int, Any],
+        executor_id: str,
+    ) -> tuple[bool, WorkflowRow]:
+        """Insert a PENDING workflow unless the id exists; atomically. Returns (created, row)."""
+        now = time.time()
+        with self._write(f"create workflow {workflow_id!r}") as conn:
+            conn.execute(
+                "INSERT INTO workflows (workflow_id, name, status, inputs_encoding, inputs, "
+                "executor_id, created_at, updated_at) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?) "
+                "ON CONFLICT (workflow_id) DO NOTHING",
+                (workflow_id, name, inputs[0], inputs[1], executor_id, now, now),
+            )
+            created = conn.changes() == 1
+            row = _fetch_workflow(conn, workflow_id)
+        assert row is not None
+        return created, row
+
+    def claim_workflow(
+        self, workflow_id: str, previous_executor: str | None, executor_id: str, max_recoveries: int
+    ) -> str:
+        """Take over a PENDING workflow from ``previous_executor``, atomically.
+
+        Returns "claimed" (this executor now owns it), "exceeded" (it was moved to
+        MAX_RECOVERY_ATTEMPTS_EXCEEDED instead) or "lost" (someone else changed it first).
+        """
+        with self._write(f"claim workflow {workflow_id!r}") as conn:
+            row = conn.execute(
+                "SELECT recovery_attempts FROM workflows WHERE workflow_id = ? "
+                "AND status = 'PENDING' AND executor_id IS ?",
+                (workflow_id, previous_executor),
+            ).fetchall()
+            if not row:
+                return "lost"
+            attempts = row[0][0] + 1
+            status = "PENDING" if attempts <= max_recoveries else "MAX_RECOVERY_ATTEMPTS_EXCEEDED"
+            conn.execute(
+                "UPDATE workflows SET executor_id = ?, recovery_attempts = ?, status = ?, "
+                "updated_at = ? WHERE workflow_id = ?",
+                (executor_id, attempts, status, time.time(), workflow_id),
+            )
+        return "claimed" if status == "PENDING" else "exceeded"
+
+    def finish_workflow(
+        self,
+        workflow_id: str,
+        status: str,
+        output: tuple[int, Any] | None = None,
+        error: tuple[str, bytes | None] | None = None,
+    ) -> None:
+        """Record a final status and close every open stream of the workflow, in one transaction."""
+        encoding, value = output if output is not None else (None, None)
+        description, pickled = error if error is not None else (None, None)
+        with self._write(f"finish workflow {workflow_id!r}") as conn:
+            conn.execute(
+                "UPDATE workflows SET status = ?, output_encoding = ?, output = ?, error = ?, "
+                "error_pickle = ?, updated_at = ? WHERE workflow_id = ?",
+                (status, encoding, value, description, pickled, time.time(), workflow_id),
+            )
+            conn.execute(
+                "UPDATE streams SET closed = ? WHERE workflow_id = ? AND closed = ?",
+                (CLOSED_BY_TERMINATION, workflow_id, OPEN),
+            )
+
+    def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
+        """One workflow's row, or None."""
+        with self._read(f"read workflow {workflow_id!r}") as conn:
+            return _fetch_workflow(conn, workflow_id)
+
+    def list_workflows(
+        self, status: str | None = None, name: str | None = None, limit: int | None = None
+    ) -> list[WorkflowRow]:
+        """Workflows newest first, optionally filtered by status and name."""
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(-1 if limit is None else limit)
+        with self._read("list workflows") as conn:
+            rows = conn.execute(
+                f"SELECT {_WORKFLOW_COLUMNS} FROM workflows {where} "
+                "ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                params,
+            ).fetchall()
+        return [WorkflowRow(*row) for row in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        """Number of workflows per status."""
+        with self._read("count workflows") as conn:
+            rows = conn.execute("SELECT status, count(*) FROM workflows GROUP BY status").fetchall()
+        return {status: count for status, count in rows}
+
+    # ---- steps ----------------------------------------------------------------------------------
+
+    def load_checkpoints(self, workflow_id: str) -> tuple[dict[int, StepRow], dict[int, int]]:
+        """A workflow's recorded steps by position, and the highest stream-writing attempt per position.
+
+        Loaded once when a workflow (re)starts, so replaying a step costs no query.
+        """
+        with self._read(f"load checkpoints of {workflow_id!r}") as conn:
+            steps = conn.execute(
+                f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ?", (workflow_id,)
+            ).fetchall()
+            attempts = conn.execute(
+                "SELECT e.position, max(e.attempt) FROM stream_entries e "
+                "JOIN streams s ON s.stream_id = e.stream_id WHERE s.workflow_id = ? "
+                "GROUP BY e.position",
+                (workflow_id,),
+            ).fetchall()
+        return {row[1]: StepRow(*row) for row in steps}, dict(attempts)
+
+    def record_step(self, row: StepRow) -> None:
+        """Record a step's output or final error; fails if the position is already recorded."""
+        with self._write(f"record step {row.position} of {row.workflow_id!r}") as conn:
+            conn.execute(f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def list_steps(self, workflow_id: str) -> list[StepRow]:
+        """A workflow's recorded steps in position order."""
+        with self._read(f"list steps of {workflow_id!r}") as conn:
+            rows = conn.execute(
+                f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ? ORDER BY position",
+                (workflow_id,),
+            ).fetchall()
+        return [StepRow(*row) for row in rows]
+
+    # ---- streams --------------------------------------------------------------------------------
+
+    def append_stream(
+        self,
+        workflow_id: str,
+        key: str,
+        values: Sequence[tuple[int, Any]],
+        position: int,
+        attempt: int,
+        checkpoint: StepRow | None = None,
+    ) -> int:
+        """Append encoded values at the stream's end; returns the first new offset.
+
+        Offsets stay dense because the length is read and bumped inside the same write
+        transaction. Raises StreamClosedError (writing nothing) if the stream is closed. With
+        ``checkpoint``, that step record is inserted in the same transaction (a workflow-body write).
+        """
+        with self._write(f"append to stream {key!r} of {workflow_id!r}") as conn:
+            stream_id, length, closed = _open_stream(conn, workflow_id, key)
+            if closed != OPEN:
+                raise StreamClosedError(f"stream {key!r} of workflow {workflow_id!r} is closed")
+            conn.executemany(
+                "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (stream_id, length + i, encoding, data, position, attempt)
+                    for i, (encoding, data) in enumerate(values)
+                ],
+            )
+            conn.execute(
+                "UPDATE streams SET length = ? WHERE stream_id = ?", (length + len(values), stream_id)
+            )
+            if checkpoint is not None:
+                conn.execute(
+                    f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    checkpoint,
+                )
+        return length
+
+    def close_stream(self, workflow_id: str, key: str) -> None:
+        """Mark a stream closed by its workflow (creating it empty if needed); idempotent."""
+        with self._write(f"close stream {key!r} of {workflow_id!r}") as conn:
+            stream_id, _, closed = _open_stream(conn, workflow_id, key)
+            if closed == OPEN:
+                conn.execute(
+                    "UPDATE streams SET closed = ? WHERE stream_id = ?", (CLOSED_BY_WORKFLOW, stream_id)
+                )
+
+    def read_stream(
+        self, workflow_id: str, key: str, offset: int, limit: int
+    ) -> tuple[list[EntryRow], bool] | None:
+        """Entries from ``offset`` (at most ``limit``) and whether the stream has ended.
+
+        One snapshot: "ended" (stream closed, or workflow in a final status) is true only when
+        no entry at or after ``offset`` exists in that same snapshot, so a reader that stops on
+        it has drained every value committed with the final status. None if no such workflow.
+        """
+        with self._read(f"read stream {key!r} of {workflow_id!r}") as conn:
+            status = conn.execute(
+                "SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)
+            ).fetchall()
+            if not status:
+                return None
+            stream = conn.execute(
+                "SELECT stream_id, closed FROM streams WHERE workflow_id = ? AND key = ?",
+                (workflow_id, key),
+            ).fetchall()
+            if stream:
+                entries = conn.execute(
+                    "SELECT offset, encoding, value, position, attempt FROM stream_entries "
+                    "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                    (stream[0][0], offset, limit),
+                ).fetchall()
+                if entries:
+                    return [EntryRow(*row) for row in entries], False
+            closed = bool(stream) and stream[0][1] != OPEN
+            return [], closed or status[0][0] not in ACTIVE_STATUSES
+
+    def earlier_attempt_values(
+        self, workflow_id: str, key: str, position: int, attempt: int
+    ) -> list[EntryRow]:
+        """Entries that earlier attempts (< ``attempt``) of the step at ``position`` wrote to ``key``.
+
+        A workflow's steps run one after another, so a step's entries sit at the end of the stream;
+        the scan walks back from the end and stops at the first entry of an earlier position.
+        """
+        with self._read(f"read stream {key!r} of {workflow_id!r}") as conn:
+            stream = conn.execute(
+                "SELECT stream_id FROM streams WHERE workflow_id = ? AND key = ?", (workflow_id, key)
+            ).fetchall()
+            if not stream:
+                return []
+            found = []
+            for row in conn.execute(
+                "SELECT offset, encoding, value, position, attempt FROM stream_entries "
+                "WHERE stream_id = ? ORDER BY offset DESC",
+                (stream[0][0],),
+            ):
+                if row[3] < position:
+                    break
+                if row[3] == position and row[4] < attempt:
+                    found.append(EntryRow(*row))
+        found.reverse()
+        return found
+
+    def list_streams(self, workflow_id: str) -> list[StreamRow]:
+        """A workflow's streams by key."""
+        with self._read(f"list streams of {workflow_id!r}") as conn:
+            rows = conn.execute(
+                "SELECT workflow_id, key, length, closed FROM streams WHERE workflow_id = ? ORDER BY key",
+                (workflow_id,),
+            ).fetchall()
+        return [StreamRow(*row) for row in rows]
+
+    def file_sizes(self) -> dict[str, int]:
+        """Bytes on disk of the database and its WAL."""
+        sizes = {}
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                sizes["database" if not suffix else "wal"] = os.path.getsize(self.path + suffix)
+        return sizes
+
+
+def _fetch_workflow(conn: apsw.Connection, workflow_id: str) -> WorkflowRow | None:
+    rows = conn.execute(
+        f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = ?", (workflow_id,)
+    ).fetchall()
+    return WorkflowRow(*rows[0]) if rows else None
+
+
+def _open_stream(conn: apsw.Connection, workflow_id: str, key: str) -> tuple[int, int, int]:
+    rows = conn.execute(
+        "SELECT stream_id, length, closed FROM streams WHERE workflow_id = ? AND key = ?",
+        (workflow_id, key),
+    ).fetchall()
+    if rows:
+        return rows[0]
+    conn.execute("INSERT INTO streams (workflow_id, key) VALUES (?, ?)", (workflow_id, key))
+    return conn.last_insert_rowid(), 0, OPEN
+
+
+def _is_readonly(conn: apsw.Connection) -> bool:
+    return bool(conn.readonly("main"))
+
+
+def _check_path(path: str, create: bool) -> bool:
+    """Validate ``path`` before SQLite touches it; True when a new file must be created."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(path) or "."
+        if not create:
+            raise DatabaseError(f"no litedur database at {path}") from None
+        if not os.path.isdir(parent):
+            raise DatabaseError(f"cannot create database {path}: directory {parent} does not exist") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise DatabaseError(
+                f"cannot create database {path}: directory {parent} is not writable"
+            ) from None
+        return True
+    except OSError as exc:
+        raise DatabaseError(f"cannot use database {path}: {exc.strerror}") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise DatabaseError(f"cannot use database {path}: it is a directory")
+    if info.st_size == 0:
+        return False
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise DatabaseError(f"cannot read database {path}: {exc.strerror}") from exc
+    if header != SQLITE_HEADER:
+        raise DatabaseError(f"{path} is not a litedur database (not a SQLite file)")
+    return False
+
+
+def _create_private_file(path: str) -> None:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DatabaseError(f"cannot create database {path}: {exc.strerror}") from exc
