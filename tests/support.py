@@ -1,0 +1,70 @@
+"""Shared test tools: bounded waits, child processes, and side-effect logs that survive SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TESTS = Path(__file__).parent
+WORKERS = TESTS / "workers"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.005) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+def spawn(script: str | Path, *args: object, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """Start ``tests/workers/<script>`` (or a path) with this interpreter."""
+    path = Path(script) if os.path.isabs(script) else WORKERS / script
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen([sys.executable, str(path), *map(str, args)], env=full_env, **popen)
+
+
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL a child and reap it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def finish(process: subprocess.Popen, timeout: float = 60.0) -> int:
+    """Wait for a child to exit on its own; fail (after killing it) if it takes too long."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill(process)
+        raise AssertionError(f"child {process.args} did not finish within {timeout} s") from None
+
+
+class SideEffectLog:
+    """Counts side effects across processes: one line per effect, appended with O_APPEND."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def record(self, line: str) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{line}\n".encode())
+        finally:
+            os.close(fd)
+
+    def lines(self) -> list[str]:
+        return self.path.read_text().splitlines() if self.path.exists() else []
+
+    def count(self, line: str) -> int:
+        return self.lines().count(line)
