@@ -1,23 +1,73 @@
-"""Entry point of the ``litedur`` command."""
+"""Entry point of the ``litedur`` command: global options and the one mapping from errors to exit codes."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
 import litedur
 
+from .commands import ALL, Failure
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(litedur.__version__, prog_name="litedur")
+EPILOG = """\b
+Examples:
+  litedur workflows                      newest workflows first
+  litedur show chat-1                    one workflow: steps, streams, result
+  litedur tail chat-1 tokens             follow a stream live until it closes
+  litedur --db app.db tail chat-1 tokens --json
+  LITEDUR_DB=app.db litedur info
+
+\b
+Exit status: 0 ok; 1 a tailed workflow failed; 2 bad usage, no database
+file or no such workflow; 130 interrupted.
+
+\b
+Shell completion (bash; zsh and fish likewise):
+  eval "$(_LITEDUR_COMPLETE=bash_source litedur)"
+"""
+
+
+class LitedurGroup(click.Group):
+    """A click group that turns library errors into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+        except (litedur.DatabaseError, litedur.WorkflowNotFoundError) as exc:
+            raise Failure(str(exc), 2) from None
+        except litedur.LitedurError as exc:
+            raise Failure(str(exc), 1) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except OSError as exc:
+            if exc.errno == 32:  # EPIPE: the reader went away (``litedur tail ... | head``)
+                raise
+            raise Failure(f"{type(exc).__name__}: {exc}", 1) from None
+
+
+@click.group(cls=LitedurGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(litedur.__version__, "-V", "--version", prog_name="litedur")
 @click.option(
     "--db",
     "db",
     envvar="LITEDUR_DB",
     default="./litedur.db",
     show_default=True,
+    metavar="PATH",
+    type=click.Path(dir_okay=True),
     help="Database file (else env LITEDUR_DB).",
 )
 @click.pass_context
 def main(ctx: click.Context, db: str) -> None:
-    """Look inside litedur durable workflows and streams."""
+    """Look inside litedur durable workflows and their streams.
+
+    Reads the SQLite file that litedur workflows run in; never creates one.
+    """
     ctx.obj = db
+
+
+for command in ALL:
+    main.add_command(command)

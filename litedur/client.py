@@ -222,11 +222,15 @@ class Client:
     def _decode(self, encoding: int | None, data: Any) -> Any:
         return None if encoding is None else self._codec.decode(encoding, data, unpickle=self._unpickle)
 
+    def _decode_error(self, description: str, pickled: bytes | None) -> BaseException:
+        # With unpickle=False a recorded exception is never unpickled: it becomes a RecordedError.
+        return self._codec.decode_error(description, pickled if self._unpickle else None)
+
     def _status_of(self, row: WorkflowRow) -> WorkflowStatus:
         inputs = self._decode(row.inputs_encoding, row.inputs)
         if isinstance(inputs, dict):
             inputs = {"args": tuple(inputs.get("args", ())), "kwargs": inputs.get("kwargs", {})}
-        error = None if row.error is None else self._codec.decode_error(row.error, row.error_pickle)
+        error = None if row.error is None else self._decode_error(row.error, row.error_pickle)
         return WorkflowStatus(
             workflow_id=row.workflow_id,
             name=row.name,
@@ -241,7 +245,7 @@ class Client:
         )
 
     def _step_of(self, row: StepRow) -> StepInfo:
-        error = None if row.error is None else self._codec.decode_error(row.error, row.error_pickle)
+        error = None if row.error is None else self._decode_error(row.error, row.error_pickle)
         return StepInfo(
             workflow_id=row.workflow_id,
             position=row.position,
@@ -256,20 +260,23 @@ class Client:
     def _await_result(self, workflow_id: str, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         waiter = self._feed.waiter(self._wait_mode)
-        while True:
-            waiter.arm()
-            row = self._workflow_row(workflow_id)
-            if row.status in FINAL_STATUSES:
-                return self._result_of(row)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout} s")
-            waiter.wait(deadline)
+        try:
+            while True:
+                waiter.arm()
+                row = self._workflow_row(workflow_id)
+                if row.status in FINAL_STATUSES:
+                    return self._result_of(row)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout} s")
+                waiter.wait(deadline)
+        finally:
+            waiter.close()
 
     def _result_of(self, row: WorkflowRow) -> Any:
         if row.status == "SUCCESS":
             return self._decode(row.output_encoding, row.output)
         if row.status == "ERROR":
-            raise self._codec.decode_error(row.error or "{}", row.error_pickle)
+            raise self._decode_error(row.error or "{}", row.error_pickle)
         if row.status == "CANCELLED":
             raise WorkflowCancelledError(f"workflow {row.workflow_id!r} was cancelled")
         raise MaxRecoveryAttemptsExceededError(

@@ -265,8 +265,7 @@ class Engine(Client):
         """Start ``fn`` in a background thread; returns once the workflow is durably recorded."""
         spec = self._spec_of(fn)
         workflow_id = self._take_workflow_id()
-        executor = self._ensure_executor()
-        created, row = self._create(spec, workflow_id, args, kwargs, executor)
+        created, row, executor = self._create(spec, workflow_id, args, kwargs)
         if created:
             self._submit(spec, workflow_id, args, kwargs, executor, fresh=True)
         elif self._adopt(spec, row, executor):
@@ -279,8 +278,7 @@ class Engine(Client):
             workflow_id = f"{parent.workflow_id}-{parent.take_position()}"
         else:
             workflow_id = self._take_workflow_id()
-        executor = self._ensure_executor()
-        created, row = self._create(spec, workflow_id, args, kwargs, executor)
+        created, row, executor = self._create(spec, workflow_id, args, kwargs)
         if created:
             return self._execute(spec, workflow_id, args, kwargs, executor, fresh=True)
         if self._adopt(spec, row, executor):
@@ -309,11 +307,11 @@ class Engine(Client):
         workflow_id: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        executor: _Executor,
-    ) -> tuple[bool, WorkflowRow]:
+    ) -> tuple[bool, WorkflowRow, _Executor]:
         inputs = self._codec.encode({"args": list(args), "kwargs": kwargs})
         if inputs[0] != JSON:  # pickled: keep the exact tuple of arguments
             inputs = self._codec.encode({"args": args, "kwargs": kwargs})
+        executor = self._ensure_executor()  # after encoding: a value that cannot be stored writes nothing
         with self._lock:
             executor.running.setdefault(workflow_id, None)
         try:
@@ -329,7 +327,7 @@ class Engine(Client):
                 )
         else:
             self._feed.notify()
-        return created, row
+        return created, row, executor
 
     def _adopt(self, spec: _WorkflowSpec, row: WorkflowRow, executor: _Executor) -> bool:
         """Claim an existing PENDING workflow whose executor is dead; True if this one may run it."""

@@ -26,6 +26,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
 
 OPEN, CLOSED_BY_WORKFLOW, CLOSED_BY_TERMINATION = 0, 1, 2
+END_OF_STREAM = -1  # encoding of the entry that closing a stream appends after its last value
 ACTIVE_STATUSES = ("PENDING", "ENQUEUED")
 WRITE_STREAM_STEP = "litedur.write_stream"
 
@@ -152,9 +153,13 @@ class SQLiteStorage:
         is_new = _check_path(self.path, create)
         if is_new:
             _create_private_file(self.path)
-        with self._translate_errors("open"):
-            conn = self._connection()
-            self._prepare_schema(conn)
+        try:
+            with self._translate_errors("open"):
+                conn = self._connection()
+                self._prepare_schema(conn)
+        except BaseException:
+            self.close()  # a refused file keeps no open connection (nor a -wal/-shm of ours)
+            raise
 
     # ---- connections and transactions -------------------------------------------------------
 
@@ -260,10 +265,13 @@ class SQLiteStorage:
 
     @staticmethod
     def _inspect(conn: apsw.Connection) -> tuple[int, int, int]:
-        version = conn.execute("PRAGMA user_version").fetchall()[0][0]
-        app_id = conn.execute("PRAGMA application_id").fetchall()[0][0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()[0][0]
-        return version, app_id, tables
+        # One statement, so one snapshot: read separately, a schema committed by another process
+        # between the reads looks like tables without litedur's application id (a "foreign" file).
+        row = conn.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version), "
+            "(SELECT application_id FROM pragma_application_id), (SELECT count(*) FROM sqlite_schema)"
+        ).fetchall()[0]
+        return row[0], row[1], row[2]
 
     def schema_version(self) -> int:
         """The schema version recorded in the file."""
@@ -361,6 +369,8 @@ class SQLiteStorage:
                 "updated_at = ? WHERE workflow_id = ?",
                 (executor_id, attempts, status, time.time(), workflow_id),
             )
+            if status != "PENDING":
+                _close_open_streams(conn, workflow_id)
         return "claimed" if status == "PENDING" else "exceeded"
 
     def finish_workflow(
@@ -379,10 +389,7 @@ class SQLiteStorage:
                 "error_pickle = ?, updated_at = ? WHERE workflow_id = ?",
                 (status, encoding, value, description, pickled, time.time(), workflow_id),
             )
-            conn.execute(
-                "UPDATE streams SET closed = ? WHERE workflow_id = ? AND closed = ?",
-                (CLOSED_BY_TERMINATION, workflow_id, OPEN),
-            )
+            _close_open_streams(conn, workflow_id)
 
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         """One workflow's row, or None."""
@@ -491,41 +498,54 @@ class SQLiteStorage:
     def close_stream(self, workflow_id: str, key: str) -> None:
         """Mark a stream closed by its workflow (creating it empty if needed); idempotent."""
         with self._write(f"close stream {key!r} of {workflow_id!r}") as conn:
-            stream_id, _, closed = _open_stream(conn, workflow_id, key)
+            stream_id, length, closed = _open_stream(conn, workflow_id, key)
             if closed == OPEN:
                 conn.execute(
                     "UPDATE streams SET closed = ? WHERE stream_id = ?", (CLOSED_BY_WORKFLOW, stream_id)
                 )
+                conn.execute(
+                    "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
+                    "VALUES (?, ?, ?, NULL, -1, 0)",
+                    (stream_id, length, END_OF_STREAM),
+                )
 
-    def read_stream(
-        self, workflow_id: str, key: str, offset: int, limit: int
-    ) -> tuple[list[EntryRow], bool] | None:
-        """Entries from ``offset`` (at most ``limit``) and whether the stream has ended.
+    def find_stream(self, workflow_id: str, key: str) -> tuple[int | None, bool] | None:
+        """``(stream_id or None, workflow_is_final)`` in one snapshot; None if no such workflow."""
+        with self._translate_errors(f"read stream {key!r} of {workflow_id!r}"):
+            rows = self._connection().execute(
+                "SELECT s.stream_id, w.status FROM workflows w "
+                "LEFT JOIN streams s ON s.workflow_id = w.workflow_id AND s.key = ? WHERE w.workflow_id = ?",
+                (key, workflow_id),
+            ).fetchall()
+        if not rows:
+            return None
+        return rows[0][0], rows[0][1] not in ACTIVE_STATUSES
 
-        One snapshot: "ended" (stream closed, or workflow in a final status) is true only when
-        no entry at or after ``offset`` exists in that same snapshot, so a reader that stops on
-        it has drained every value committed with the final status. None if no such workflow.
+    def read_entries(self, stream_id: int, offset: int, limit: int) -> tuple[list[EntryRow], bool]:
+        """``(entries, ended)``: up to ``limit`` values from ``offset``, and whether the stream ends there.
+
+        Closing a stream (by the workflow or by its termination) appends an end-of-stream entry in
+        the same transaction, so one range scan of one table tells a reader both what is new and
+        whether that is all: the cheapest possible check after a wake-up.
         """
-        with self._read(f"read stream {key!r} of {workflow_id!r}") as conn:
-            status = conn.execute(
-                "SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)
+        with self._translate_errors("read a stream"):
+            rows = self._connection().execute(
+                "SELECT offset, encoding, value, position, attempt FROM stream_entries "
+                "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                (stream_id, offset, limit),
             ).fetchall()
-            if not status:
-                return None
-            stream = conn.execute(
-                "SELECT stream_id, closed FROM streams WHERE workflow_id = ? AND key = ?",
-                (workflow_id, key),
-            ).fetchall()
-            if stream:
-                entries = conn.execute(
+            if not rows and offset > 0:
+                # A reader that starts past the end of a closed stream ends too (one index seek).
+                rows = self._connection().execute(
                     "SELECT offset, encoding, value, position, attempt FROM stream_entries "
-                    "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
-                    (stream[0][0], offset, limit),
+                    "WHERE stream_id = ? AND offset < ? ORDER BY offset DESC LIMIT 1",
+                    (stream_id, offset),
                 ).fetchall()
-                if entries:
-                    return [EntryRow(*row) for row in entries], False
-            closed = bool(stream) and stream[0][1] != OPEN
-            return [], closed or status[0][0] not in ACTIVE_STATUSES
+                if not rows or rows[0][1] != END_OF_STREAM:
+                    rows = []
+        if rows and rows[-1][1] == END_OF_STREAM:
+            return [EntryRow(*row) for row in rows[:-1]], True
+        return [EntryRow(*row) for row in rows], False
 
     def earlier_attempt_values(
         self, workflow_id: str, key: str, position: int, attempt: int
@@ -547,6 +567,8 @@ class SQLiteStorage:
                 "WHERE stream_id = ? ORDER BY offset DESC",
                 (stream[0][0],),
             ):
+                if row[1] == END_OF_STREAM:
+                    continue
                 if row[3] < position:
                     break
                 if row[3] == position and row[4] < attempt:
@@ -588,6 +610,19 @@ def _open_stream(conn: apsw.Connection, workflow_id: str, key: str) -> tuple[int
         return rows[0]
     conn.execute("INSERT INTO streams (workflow_id, key) VALUES (?, ?)", (workflow_id, key))
     return conn.last_insert_rowid(), 0, OPEN
+
+
+def _close_open_streams(conn: apsw.Connection, workflow_id: str) -> None:
+    """Close every open stream of a workflow as "closed by termination", each with its end entry."""
+    conn.execute(
+        "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
+        "SELECT stream_id, length, ?, NULL, -1, 0 FROM streams WHERE workflow_id = ? AND closed = ?",
+        (END_OF_STREAM, workflow_id, OPEN),
+    )
+    conn.execute(
+        "UPDATE streams SET closed = ? WHERE workflow_id = ? AND closed = ?",
+        (CLOSED_BY_TERMINATION, workflow_id, OPEN),
+    )
 
 
 def _is_readonly(conn: apsw.Connection) -> bool:

@@ -59,9 +59,11 @@ class StreamReader(Iterator[Any]):
         self.timeout = timeout
         self._buffer: deque[Any] = deque()
         self._ended = False
-        self._waiter = feed.waiter(wait)
+        self._stream_id: int | None = None
+        self._caught_up = False
         if storage.get_workflow(workflow_id) is None:
             raise WorkflowNotFoundError(workflow_id)
+        self._waiter = feed.waiter(wait)
 
     def __iter__(self) -> StreamReader:
         return self
@@ -80,30 +82,57 @@ class StreamReader(Iterator[Any]):
         if self._buffer:
             return True
         if self._ended:
+            self.close()
             return False
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
-            self._waiter.arm()
-            found = self._storage.read_stream(
-                self.workflow_id, self.key, self.offset + len(self._buffer), BATCH
-            )
-            if found is None:
-                raise WorkflowNotFoundError(self.workflow_id)
-            entries, ended = found
-            if entries:
-                decode = self._codec.decode
-                self._buffer.extend(decode(e.encoding, e.value, unpickle=self._unpickle) for e in entries)
-                self._waiter.progressed()
-                return True
-            if ended:
-                self._ended = True
-                return False
+            if self._caught_up:
+                # The last read got everything visible; the waiter was armed before it, so any
+                # commit since then wakes the wait below at once. No need to ask the database again.
+                self._caught_up = False
+            else:
+                self._waiter.arm()
+                fetched = self._fetch()
+                if fetched:
+                    self._waiter.progressed()
+                    self._caught_up = fetched < BATCH and not self._ended
+                    return True
+                if self._ended:
+                    self.close()
+                    return False
+                self._waiter.found_nothing()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"no value at offset {self.offset} of stream {self.key!r} of workflow "
                     f"{self.workflow_id!r} within {self.timeout} s"
                 )
             self._waiter.wait(deadline)
+
+    def _fetch(self) -> int:
+        """Buffer what follows; returns how many values arrived. Sets ``_ended`` when the stream ends."""
+        if self._stream_id is None:
+            found = self._storage.find_stream(self.workflow_id, self.key)
+            if found is None:
+                raise WorkflowNotFoundError(self.workflow_id)
+            self._stream_id, workflow_is_final = found
+            if self._stream_id is None:
+                self._ended = workflow_is_final  # it ended without ever writing to this key
+                return 0
+        entries, self._ended = self._storage.read_entries(self._stream_id, self.offset + len(self._buffer), BATCH)
+        decode, unpickle = self._codec.decode, self._unpickle
+        self._buffer.extend(decode(e.encoding, e.value, unpickle=unpickle) for e in entries)
+        return len(entries)
+
+    def close(self) -> None:
+        """Stop reading and release the reader's wake-up descriptors."""
+        self._ended = True
+        self._waiter.close()
+
+    def __enter__(self) -> StreamReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def buffered(self) -> int:
         """Values already fetched and not yet returned."""

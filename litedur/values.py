@@ -69,9 +69,29 @@ class Codec:
         try:
             return PICKLED, self.serializer.dumps(value)
         except Exception as exc:
+            culprit = self._culprit(value)
+            where = "" if culprit is value else f" (inside a {type(value).__qualname__})"
             raise SerializationError(
-                f"cannot store a value of type {type(value).__qualname__}: {exc}"
+                f"cannot store a value of type {type(culprit).__qualname__}{where}: {exc}"
             ) from exc
+
+    def _culprit(self, value: Any, seen: frozenset[int] = frozenset()) -> Any:
+        """The innermost item of a list, tuple, set or dict that the serializer rejects (or ``value``)."""
+        if id(value) in seen:
+            return value
+        seen = seen | {id(value)}
+        if isinstance(value, dict):
+            items: list[Any] = [*value.keys(), *value.values()]
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            items = list(value)
+        else:
+            return value
+        for item in items:
+            try:
+                self.serializer.dumps(item)
+            except Exception:
+                return self._culprit(item, seen)
+        return value
 
     def decode(self, encoding: int, data: Any, *, unpickle: bool = True) -> Any:
         """Return the stored value; with ``unpickle=False`` a pickled value becomes a placeholder."""

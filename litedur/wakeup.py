@@ -1,12 +1,15 @@
 """Waking stream readers when the database changes, without busy polling.
 
-Each process keeps one `ChangeFeed` per database file. A commit made in this process calls
-`ChangeFeed.notify` and wakes local readers directly. Commits made by other processes are seen as
-file-change events on the database's directory (inotify on Linux, kqueue on BSD and macOS), read by
-one watcher thread per feed. Where no such notification exists, or when ``LITEDUR_WAIT=poll`` or
-``wait="poll"`` asks for it, readers poll with a backing-off interval. Either way a reader re-checks
-the database after every wake-up, so a lost or spurious event costs time, never correctness, and a
-notified wait still ends after `SAFETY_NET` seconds in case an event never comes.
+Each waiting reader owns a `Waiter`. A commit made in this process rings the bell of every waiter
+on that file through the process's `ChangeFeed`, so a local reader wakes directly. Commits made by
+other processes are seen as file-change events on the database's directory, watched by the waiter
+itself (inotify on Linux through ctypes, kqueue on BSD and macOS), so the kernel wakes the reader
+with no thread in between. Where no such notification exists, or when ``LITEDUR_WAIT=poll`` or
+``wait="poll"`` asks for it, a waiter sleeps in slices that grow from 1 ms to 50 ms.
+
+A reader re-checks the database after every wake-up (one range read of one table), so a lost or
+spurious event costs time, never correctness, and a notified wait still ends after
+`SAFETY_NET` seconds in case an event never comes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import threading
 import time
 
 SAFETY_NET = 1.0
+SETTLE = 0.001
 POLL_FIRST = 0.001
 POLL_MAX = 0.05
 POLL_GROWTH = 1.5
@@ -36,25 +40,25 @@ _EVENT_HEADER = struct.Struct("iIII")
 
 
 class ChangeFeed:
-    """A counter that goes up whenever the database may have changed, and a way to wait for it."""
+    """This process's commits to one database file, and the waiters to wake for them."""
 
     def __init__(self, db_path: str) -> None:
         self.db_path = db_path
         self._version = 0
-        self._condition = threading.Condition(threading.Lock())
-        self._watcher: _Watcher | None = None
-        self._watch_lock = threading.Lock()
-        self.native_mode = _native_mode()
+        self._lock = threading.Lock()
+        self._waiting: set[Waiter] = set()
 
     @property
     def version(self) -> int:
         return self._version
 
     def notify(self) -> None:
-        """Something was committed: wake every waiter."""
-        with self._condition:
+        """Something was committed here: wake every waiting reader."""
+        with self._lock:
             self._version += 1
-            self._condition.notify_all()
+            waiting = list(self._waiting)
+        for waiter in waiting:
+            waiter.ring()
 
     def waiter(self, wait: str = "auto") -> Waiter:
         """A waiter for one reader. ``wait``: "auto", "notify" or "poll" (also env LITEDUR_WAIT=poll)."""
@@ -62,72 +66,168 @@ class ChangeFeed:
             raise ValueError(f"wait must be 'auto', 'notify' or 'poll', not {wait!r}")
         if os.environ.get("LITEDUR_WAIT", "").lower() == "poll":
             wait = "poll"
-        if wait != "poll" and self._start_watcher():
-            return Waiter(self, polling=False)
-        if wait == "notify":
+        watch = None if wait == "poll" else _open_watch(self.db_path)
+        if watch is None and wait == "notify":
             raise OSError(f"no file-change notification available for {self.db_path}")
-        return Waiter(self, polling=True)
+        return Waiter(self, watch)
 
-    def _start_watcher(self) -> bool:
-        with self._watch_lock:
-            if self._watcher is None and self.native_mode != "poll":
-                try:
-                    self._watcher = _Watcher(self)
-                except OSError:
-                    self.native_mode = "poll"
-            return self._watcher is not None
+    def _register(self, waiter: Waiter) -> None:
+        with self._lock:
+            self._waiting.add(waiter)
 
-    def _wait(self, seen: int, timeout: float) -> None:
-        with self._condition:
-            if self._version == seen:
-                self._condition.wait(timeout)
-
-    def close(self) -> None:
-        """Stop the watcher thread, if any."""
-        with self._watch_lock:
-            if self._watcher is not None:
-                self._watcher.stop()
-                self._watcher = None
+    def _unregister(self, waiter: Waiter) -> None:
+        with self._lock:
+            self._waiting.discard(waiter)
 
 
 class Waiter:
-    """One reader's view of a feed: arm, check the database, then wait if there was nothing new."""
+    """One reader's sleep: `arm`, check the database, then `wait` if there was nothing new."""
 
-    def __init__(self, feed: ChangeFeed, polling: bool) -> None:
+    def __init__(self, feed: ChangeFeed, watch: _Watch | None) -> None:
         self._feed = feed
-        self.polling = polling
+        self._watch = watch
         self._seen = feed.version
         self._poll_interval = POLL_FIRST
+        self._settle = False
+        self.woke_on_file_event = False
+        self._bell = _Bell()
+        self._poller = None
+        if hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._poller.register(self._bell.fileno(), select.POLLIN)
+            if watch is not None:
+                self._poller.register(watch.fileno(), select.POLLIN)
+
+    @property
+    def polling(self) -> bool:
+        return self._watch is None
 
     def arm(self) -> None:
-        """Remember the current version; call before checking the database."""
+        """Remember this process's commit count; call before checking the database."""
         self._seen = self._feed.version
 
     def progressed(self) -> None:
         """The last check found something: poll quickly again."""
         self._poll_interval = POLL_FIRST
+        self.woke_on_file_event = False
+
+    def found_nothing(self) -> None:
+        """A file event woke us but nothing was visible yet: check once more shortly.
+
+        The kernel reports the write of a commit's last WAL frame a moment before SQLite publishes
+        the commit in the WAL index, so a fast reader can wake too early.
+        """
+        self._settle = self.woke_on_file_event
+
+    def ring(self) -> None:
+        self._bell.ring()
 
     def wait(self, deadline: float | None) -> None:
-        """Block until a change after `arm`, a poll slice, the safety net or ``deadline``.
-
-        Local commits wake a polling waiter early too; only other processes' commits need the poll.
-        """
-        if self.polling:
-            slice_ = self._poll_interval
-            self._poll_interval = min(self._poll_interval * POLL_GROWTH, POLL_MAX)
-        else:
-            slice_ = SAFETY_NET
+        """Block until a local commit after `arm`, a file event, a poll slice or ``deadline``."""
+        timeout = self._slice()
         if deadline is not None:
-            slice_ = min(slice_, max(0.0, deadline - time.monotonic()))
-        self._feed._wait(self._seen, slice_)
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+        self.woke_on_file_event = False
+        self._feed._register(self)
+        try:
+            if self._feed.version != self._seen:
+                return
+            if self._poller is None:
+                self._bell.wait(timeout)
+                return
+            ready = self._poller.poll(max(1, int(timeout * 1000 + 0.999)))
+        finally:
+            self._feed._unregister(self)
+        for fd, _ in ready:
+            if fd == self._bell.fileno():
+                self._bell.drain()
+            elif self._watch is not None and self._watch.drain():
+                self.woke_on_file_event = True
+
+    def _slice(self) -> float:
+        if self._settle:
+            self._settle = False
+            return SETTLE
+        if self._watch is not None:
+            return SAFETY_NET
+        interval = self._poll_interval
+        self._poll_interval = min(interval * POLL_GROWTH, POLL_MAX)
+        return interval
+
+    def close(self) -> None:
+        """Release the waiter's file descriptors."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._bell.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
-def _native_mode() -> str:
-    if sys.platform.startswith("linux") and _libc() is not None:
-        return "inotify"
-    if hasattr(select, "kqueue"):
-        return "kqueue"
-    return "poll"
+class _Bell:
+    """A self-pipe that another thread rings to end a wait (an Event where poll is missing)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._read = self._write = -1
+        if hasattr(select, "poll"):
+            self._read, self._write = os.pipe()
+            os.set_blocking(self._read, False)
+            os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def ring(self) -> None:
+        if self._write < 0:
+            self._event.set()
+            return
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._write, b"\0")
+
+    def wait(self, timeout: float) -> None:
+        self._event.wait(timeout)
+        self._event.clear()
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self._read, 4096)
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._read = self._write = -1
+
+
+class _Watch:
+    """A pollable descriptor that becomes readable when the database or its WAL changes."""
+
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+    def drain(self) -> bool:
+        """Consume pending events; True if one concerned the database or its WAL."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+def _open_watch(db_path: str) -> _Watch | None:
+    """A watch on the database's directory (SQLite deletes and recreates the -wal), or None."""
+    directory, base = os.path.split(os.path.abspath(db_path))
+    try:
+        if sys.platform.startswith("linux") and _libc() is not None:
+            return _InotifyWatch(directory, base)
+        if hasattr(select, "kqueue"):
+            return _KqueueWatch(directory, base)
+    except OSError:
+        pass  # e.g. out of inotify instances: this reader polls instead
+    return None
 
 
 _libc_handle: ctypes.CDLL | None = None
@@ -136,39 +236,20 @@ _libc_handle: ctypes.CDLL | None = None
 def _libc() -> ctypes.CDLL | None:
     global _libc_handle
     if _libc_handle is None:
-        name = ctypes.util.find_library("c") or "libc.so.6"
         try:
-            handle = ctypes.CDLL(name, use_errno=True)
-            handle.inotify_init1  # noqa: B018 - raises AttributeError if absent
+            handle = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            handle.inotify_init1  # noqa: B018 - AttributeError if absent
         except (OSError, AttributeError):
             return None
         _libc_handle = handle
     return _libc_handle
 
 
-class _Watcher:
-    """A daemon thread that turns file-change events on the database into `ChangeFeed.notify`."""
-
-    def __init__(self, feed: ChangeFeed) -> None:
-        self._feed = feed
-        directory, base = os.path.split(os.path.abspath(feed.db_path))
-        self._names = {base.encode(), f"{base}-wal".encode()}
-        self._stop_read, self._stop_write = os.pipe()
-        if feed.native_mode == "inotify":
-            self._fd = self._open_inotify(directory)
-            target = self._run_inotify
-        else:
-            self._fd, self._kqueue, self._files = self._open_kqueue(directory, base)
-            target = self._run_kqueue
-        self._thread = threading.Thread(target=target, name="litedur-wakeup", daemon=True)
-        self._thread.start()
-
-    # -- inotify (Linux) --
-
-    @staticmethod
-    def _open_inotify(directory: str) -> int:
+class _InotifyWatch(_Watch):
+    def __init__(self, directory: str, base: str) -> None:
         libc = _libc()
         assert libc is not None
+        self._names = {base.encode(), f"{base}-wal".encode()}
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
@@ -177,92 +258,75 @@ class _Watcher:
             errno = ctypes.get_errno()
             os.close(fd)
             raise OSError(errno, f"inotify_add_watch failed on {directory}")
-        return fd
+        self._fd = fd
 
-    def _run_inotify(self) -> None:
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._stop_read, select.POLLIN)
-        try:
-            while True:
-                ready = {fd for fd, _ in poller.poll()}
-                if self._stop_read in ready:
-                    return
-                if self._touches_database(self._drain_inotify()):
-                    self._feed.notify()
-        finally:
-            os.close(self._fd)
+    def fileno(self) -> int:
+        return self._fd
 
-    def _drain_inotify(self) -> bytes:
-        chunks = []
+    def drain(self) -> bool:
+        relevant = False
         with contextlib.suppress(BlockingIOError):
             while True:
-                chunks.append(os.read(self._fd, 65536))
-        return b"".join(chunks)
+                relevant = self._concerns_database(os.read(self._fd, 65536)) or relevant
+        return relevant
 
-    def _touches_database(self, events: bytes) -> bool:
+    def _concerns_database(self, events: bytes) -> bool:
         at = 0
         while at + _EVENT_HEADER.size <= len(events):
-            _, _, _, length = _EVENT_HEADER.unpack_from(events, at)
+            length = _EVENT_HEADER.unpack_from(events, at)[3]
             start = at + _EVENT_HEADER.size
             if events[start : start + length].rstrip(b"\0") in self._names:
                 return True
             at = start + length
         return False
 
-    # -- kqueue (macOS, BSD) --
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
-    def _open_kqueue(self, directory: str, base: str) -> tuple[int, select.kqueue, dict[int, str]]:
-        kq = select.kqueue()
-        files: dict[int, str] = {}
-        dir_fd = os.open(directory, os.O_RDONLY)
-        files[dir_fd] = directory
-        for name in (base, f"{base}-wal"):
-            with contextlib.suppress(OSError):
-                files[os.open(os.path.join(directory, name), os.O_RDONLY)] = name
-        return kq.fileno(), kq, files
 
-    def _kevents(self) -> list[select.kevent]:
+class _KqueueWatch(_Watch):
+    """kqueue watches open files, not names: the directory, the database, and the current -wal."""
+
+    def __init__(self, directory: str, base: str) -> None:
+        self._directory = directory
+        self._wal = f"{base}-wal"
+        self._kqueue = select.kqueue()
+        self._files: dict[int, str] = {}
+        for name in (directory, os.path.join(directory, base)):
+            self._files[os.open(name, os.O_RDONLY)] = name
+        self._wal_fd = -1
+        self._watch_wal()
+
+    def _watch_wal(self) -> None:
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
+            self._wal_fd = -1
+        with contextlib.suppress(OSError):
+            self._wal_fd = os.open(os.path.join(self._directory, self._wal), os.O_RDONLY)
+        fds = [*self._files, *([self._wal_fd] if self._wal_fd >= 0 else [])]
         flags = select.KQ_EV_ADD | select.KQ_EV_CLEAR
         notes = select.KQ_NOTE_WRITE | select.KQ_NOTE_EXTEND | select.KQ_NOTE_DELETE
-        events = [select.kevent(fd, select.KQ_FILTER_VNODE, flags, notes) for fd in self._files]
-        events.append(select.kevent(self._stop_read, select.KQ_FILTER_READ, select.KQ_EV_ADD))
-        return events
+        self._kqueue.control([select.kevent(fd, select.KQ_FILTER_VNODE, flags, notes) for fd in fds], 0)
 
-    def _run_kqueue(self) -> None:
-        directory = next(iter(self._files.values()))
-        base = os.path.basename(self._feed.db_path)
-        self._kqueue.control(self._kevents(), 0)
-        try:
-            while True:
-                events = self._kqueue.control(None, 16)
-                if any(event.ident == self._stop_read for event in events):
-                    return
-                self._reopen_wal(directory, base)
-                self._feed.notify()
-        finally:
-            for fd in self._files:
-                os.close(fd)
-            self._kqueue.close()
+    def fileno(self) -> int:
+        return self._kqueue.fileno()
 
-    def _reopen_wal(self, directory: str, base: str) -> None:
-        """SQLite deletes and recreates the -wal file; watch the current one."""
-        wal = f"{base}-wal"
-        for fd, name in list(self._files.items()):
-            if name == wal:
-                os.close(fd)
-                del self._files[fd]
-        with contextlib.suppress(OSError):
-            fd = os.open(os.path.join(directory, wal), os.O_RDONLY)
-            self._files[fd] = wal
-            self._kqueue.control(self._kevents(), 0)
+    def drain(self) -> bool:
+        events = self._kqueue.control(None, 64, 0)
+        if any(event.ident != self._wal_fd for event in events):
+            self._watch_wal()  # the directory changed: the -wal may be a new file
+        return bool(events)
 
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._stop_write, b"x")
-        self._thread.join(timeout=5)
-        os.close(self._stop_read)
-        os.close(self._stop_write)
+    def close(self) -> None:
+        for fd in [*self._files, self._wal_fd]:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._files.clear()
+        self._wal_fd = -1
+        self._kqueue.close()
 
 
 _feeds: dict[str, ChangeFeed] = {}

@@ -68,3 +68,34 @@ class SideEffectLog:
 
     def count(self, line: str) -> int:
         return self.lines().count(line)
+
+
+def stream_entries(db_path: str | Path, workflow_id: str, key: str) -> list[tuple[int, Any, int, int]]:
+    """``(offset, value, position, attempt)`` of every value stored in a stream, by offset.
+
+    A plain SQL query on its own connection, not through litedur, so tests see what is on disk. It
+    uses apsw, never the stdlib sqlite3: two SQLite libraries in one process do not share POSIX
+    locks, and closing one's file descriptor drops the other's locks (SQLite then reports I/O errors).
+    """
+    import json
+    import pickle
+
+    import apsw
+
+    db = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        db.set_busy_timeout(30_000)
+        rows = db.execute(
+            "SELECT e.offset, e.encoding, e.value, e.position, e.attempt FROM stream_entries e "
+            "JOIN streams s ON s.stream_id = e.stream_id WHERE s.workflow_id = ? AND s.key = ? "
+            "ORDER BY e.offset",
+            (workflow_id, key),
+        ).fetchall()
+    finally:
+        db.close()
+    decode = {0: lambda data: data, 1: json.loads, 2: pickle.loads}  # litedur.values TEXT, JSON, PICKLED
+    return [
+        (offset, decode[encoding](data), position, attempt)
+        for offset, encoding, data, position, attempt in rows
+        if encoding in decode  # not a marker of storage's own, such as an end-of-stream entry
+    ]
