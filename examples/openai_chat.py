@@ -64,7 +64,7 @@ def build(db: str, model: str | None, rate: float) -> tuple[litedur.Engine, obje
             text += token
         return text
 
-    @app.workflow()
+    @app.workflow(name="openai_chat")
     def chat(prompt: str) -> dict:
         answer = complete(prompt, "tokens")
         app.close_stream("tokens")

@@ -34,7 +34,7 @@ def build(db: str, rate: float) -> tuple[litedur.Engine, object]:
             app.write_stream("progress", {"done": index + 1, "total": items, "item": f"item-{index + 1}"})
         return items
 
-    @app.workflow()
+    @app.workflow(name="long_task")
     def long_task(items: int) -> dict:
         processed = work_through(items)
         app.close_stream("progress")

@@ -43,7 +43,7 @@ def build(db: str, rate: float, words: int | None) -> tuple[litedur.Engine, obje
             app.write_stream(key, token)
         return len(tokens)
 
-    @app.workflow()
+    @app.workflow(name="story")
     def story(key: str) -> str:
         count = tell(key)
         app.close_stream(key)

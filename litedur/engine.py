@@ -29,10 +29,11 @@ from .errors import (
     NonDeterminismError,
     NotInWorkflowError,
     SerializationError,
+    StreamClosedError,
     WorkflowConflictError,
 )
 from .storage import WRITE_STREAM_STEP, StepRow, WorkflowRow
-from .streams import check_key
+from .streams import StreamWriter, check_key
 from .values import JSON, Serializer
 
 P = ParamSpec("P")
@@ -57,6 +58,7 @@ class _Run:
     attempts_so_far: dict[int, int]
     next_position: int = 0
     step: _StepRun | None = None
+    stream_ids: dict[str, int] = field(default_factory=dict)
 
     def take_position(self) -> int:
         position = self.next_position
@@ -127,6 +129,7 @@ class Engine(Client):
         durability: str = "normal",
         max_workers: int = 64,
         wait: str = "auto",
+        group_writes: bool = True,
     ) -> None:
         if executor_id is not None and (not isinstance(executor_id, str) or not executor_id):
             raise TypeError(f"executor_id must be a non-empty str, not {executor_id!r}")
@@ -142,6 +145,7 @@ class Engine(Client):
         self._stopping = threading.Event()
         self._recovery_thread: threading.Thread | None = None
         self._launched = False
+        self._writer = StreamWriter(self._storage, self._feed) if group_writes else None
 
     # ---- registration -----------------------------------------------------------------------
 
@@ -245,6 +249,8 @@ class Engine(Client):
                 return
         if pool is not None:
             pool.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.close()
         with self._lock:
             if executor is not None:
                 executor.lock.release()
@@ -438,7 +444,10 @@ class Engine(Client):
             attempt = first_attempt + number
             run.step = _StepRun(position, attempt)
             try:
-                result = fn(*args, **kwargs)
+                try:
+                    result = fn(*args, **kwargs)
+                finally:
+                    self._flush_stream_writes(run)  # this attempt's values are committed first
             except Exception as exc:
                 if number + 1 < policy.max_attempts:
                     time.sleep(policy.interval * policy.backoff**number)
@@ -488,31 +497,63 @@ class Engine(Client):
     def write_stream(self, key: str, value: Any) -> None:
         """Append ``value`` to the stream ``key`` of the current workflow, durably.
 
-        In a step the value is appended at once (tagged with the step's position and attempt);
-        in a workflow body the write is a checkpoint and is not repeated on replay.
+        In a step the value is tagged with the step's position and attempt and committed within
+        about a millisecond (at once with ``group_writes=False``); the step's output is recorded
+        only after all its values are committed. In a workflow body the write is a checkpoint,
+        committed before this returns and not repeated on replay.
         """
-        check_key(key)
-        run = self._current("write_stream")
+        if type(key) is not str:
+            check_key(key)
+        run = _current_run.get()
+        if run is None or run.engine is not self:
+            raise NotInWorkflowError("write_stream() must be called inside a workflow or a step of this engine")
         encoded = self._codec.encode(value)
-        if run.step is not None:
-            self._storage.append_stream(run.workflow_id, key, [encoded], run.step.position, run.step.attempt)
-        else:
-            name = f"{WRITE_STREAM_STEP}:{key}"
-            position = run.take_position()
-            recorded = run.checkpoints.get(position)
-            if recorded is not None:
-                self._replay(run, position, recorded, name)
-                return
-            now = time.time()
-            checkpoint = StepRow(run.workflow_id, position, name, None, None, None, None, 1, now, now)
-            self._storage.append_stream(run.workflow_id, key, [encoded], position, 1, checkpoint)
+        step = run.step
+        if step is None:
+            self._write_checkpoint(run, key, encoded)
+            self._feed.notify()
+            return
+        stream_id = run.stream_ids.get(key)
+        if stream_id is None:
+            stream_id = self._open_for_writing(run, key)
+        if self._writer is not None:
+            self._writer.append(run.workflow_id, key, step.position, step.attempt, encoded)
+            return
+        if not self._storage.append_one(stream_id, encoded, step.position, step.attempt):
+            run.stream_ids.pop(key, None)
+            raise StreamClosedError(f"stream {key!r} of workflow {run.workflow_id!r} is closed")
         self._feed.notify()
+
+    def _write_checkpoint(self, run: _Run, key: str, encoded: tuple[int, Any]) -> None:
+        name = f"{WRITE_STREAM_STEP}:{key}"
+        position = run.take_position()
+        recorded = run.checkpoints.get(position)
+        if recorded is not None:
+            self._replay(run, position, recorded, name)
+            return
+        self._flush_stream_writes(run)
+        now = time.time()
+        checkpoint = StepRow(run.workflow_id, position, name, None, None, None, None, 1, now, now)
+        self._storage.append_stream(run.workflow_id, key, [encoded], position, 1, checkpoint)
+
+    def _open_for_writing(self, run: _Run, key: str) -> int:
+        stream_id, closed = self._storage.open_stream(run.workflow_id, key)
+        if closed:
+            raise StreamClosedError(f"stream {key!r} of workflow {run.workflow_id!r} is closed")
+        run.stream_ids[key] = stream_id
+        return stream_id
+
+    def _flush_stream_writes(self, run: _Run) -> None:
+        if self._writer is not None:
+            self._writer.flush(run.workflow_id)
 
     def close_stream(self, key: str) -> None:
         """Mark the current workflow's stream ``key`` complete; readers end after its last value."""
         check_key(key)
         run = self._current("close_stream")
+        self._flush_stream_writes(run)
         self._storage.close_stream(run.workflow_id, key)
+        run.stream_ids.pop(key, None)
         self._feed.notify()
 
     def already_written(self, key: str) -> list[Any]:

@@ -67,7 +67,6 @@ MIGRATIONS: list[str] = [
         stream_id INTEGER PRIMARY KEY,
         workflow_id TEXT NOT NULL,
         key TEXT NOT NULL,
-        length INTEGER NOT NULL DEFAULT 0,
         closed INTEGER NOT NULL DEFAULT 0,
         UNIQUE (workflow_id, key)
     );
@@ -126,6 +125,16 @@ class StreamRow(NamedTuple):
     closed: int
 
 
+class StreamGroup(NamedTuple):
+    """Values one step attempt wrote to one stream, in order: the unit of a grouped append."""
+
+    workflow_id: str
+    key: str
+    position: int
+    attempt: int
+    values: list[tuple[int, Any]]
+
+
 class EntryRow(NamedTuple):
     offset: int
     encoding: int
@@ -149,6 +158,7 @@ class SQLiteStorage:
         self._local = threading.local()
         self._connections: list[apsw.Connection] = []
         self._connections_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._closed = False
         is_new = _check_path(self.path, create)
         if is_new:
@@ -169,7 +179,7 @@ class SQLiteStorage:
             if self._closed:
                 raise DatabaseError(f"database {self.path} is closed")
             conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
-            conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+            conn.set_busy_handler(_BusyWait())
             synchronous = "FULL" if self.durability == "full" else "NORMAL"
             conn.execute(f"PRAGMA synchronous = {synchronous}")
             conn.execute("PRAGMA foreign_keys = OFF")
@@ -180,7 +190,9 @@ class SQLiteStorage:
 
     @contextlib.contextmanager
     def _write(self, what: str) -> Iterator[apsw.Connection]:
-        with self._translate_errors(what):
+        # Writers of this process queue on a lock (a fast hand-over) rather than in SQLite's busy
+        # handler; only other processes' writers make SQLite wait.
+        with self._write_lock, self._translate_errors(what):
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -211,19 +223,25 @@ class SQLiteStorage:
     def _translate_errors(self, what: str) -> Iterator[None]:
         try:
             yield
-        except apsw.ReadOnlyError as exc:
-            raise DatabaseError(f"cannot {what}: database {self.path} is read-only ({exc})") from exc
-        except apsw.FullError as exc:
-            raise DatabaseError(f"cannot {what}: disk full writing {self.path} ({exc})") from exc
-        except (apsw.BusyError, apsw.LockedError) as exc:
-            raise DatabaseError(
+        except apsw.Error as exc:
+            raise self._database_error(what, exc) from exc
+
+    def _database_error(self, what: str, exc: apsw.Error) -> BaseException:
+        """The DatabaseError a user sees for an apsw error (others pass through unchanged)."""
+        if isinstance(exc, apsw.ReadOnlyError):
+            return DatabaseError(f"cannot {what}: database {self.path} is read-only ({exc})")
+        if isinstance(exc, apsw.FullError):
+            return DatabaseError(f"cannot {what}: disk full writing {self.path} ({exc})")
+        if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
+            return DatabaseError(
                 f"cannot {what}: database {self.path} stayed locked by another connection "
                 f"for {BUSY_TIMEOUT_MS // 1000} s ({exc})"
-            ) from exc
-        except (apsw.NotADBError, apsw.CorruptError) as exc:
-            raise DatabaseError(f"cannot {what}: {self.path} is corrupt or not a database ({exc})") from exc
-        except (apsw.CantOpenError, apsw.IOError, apsw.PermissionsError) as exc:
-            raise DatabaseError(f"cannot {what}: I/O error on {self.path} ({exc})") from exc
+            )
+        if isinstance(exc, (apsw.NotADBError, apsw.CorruptError)):
+            return DatabaseError(f"cannot {what}: {self.path} is corrupt or not a database ({exc})")
+        if isinstance(exc, (apsw.CantOpenError, apsw.IOError, apsw.PermissionsError)):
+            return DatabaseError(f"cannot {what}: I/O error on {self.path} ({exc})")
+        return exc
 
     def close(self) -> None:
         """Close every connection this object opened (idle ones; call when no thread uses it)."""
@@ -250,7 +268,17 @@ class SQLiteStorage:
             return
         if _is_readonly(conn):
             raise DatabaseError(f"{self.path} needs a schema upgrade but is read-only")
-        list(conn.execute("PRAGMA journal_mode = WAL"))
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                list(conn.execute("PRAGMA journal_mode = WAL"))
+                break
+            except apsw.BusyError:
+                # Two processes opening a new file at once: SQLite refuses one switch to WAL at once,
+                # without the busy handler (to avoid a deadlock). The other one is switching too.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
         conn.execute("BEGIN IMMEDIATE")
         try:
             version, _, _ = self._inspect(conn)
@@ -467,38 +495,69 @@ class SQLiteStorage:
         attempt: int,
         checkpoint: StepRow | None = None,
     ) -> int:
-        """Append encoded values at the stream's end; returns the first new offset.
+        """Append encoded values at the stream's end (creating it); returns the first new offset.
 
-        Offsets stay dense because the length is read and bumped inside the same write
-        transaction. Raises StreamClosedError (writing nothing) if the stream is closed. With
-        ``checkpoint``, that step record is inserted in the same transaction (a workflow-body write).
+        Offsets stay dense: the next offset is read inside the same write transaction. Raises
+        StreamClosedError (writing nothing) if the stream is closed. With ``checkpoint``, that step
+        record is inserted in the same transaction (a workflow-body write).
         """
         with self._write(f"append to stream {key!r} of {workflow_id!r}") as conn:
-            stream_id, length, closed = _open_stream(conn, workflow_id, key)
+            stream_id, offset, closed = _open_stream(conn, workflow_id, key)
             if closed != OPEN:
                 raise StreamClosedError(f"stream {key!r} of workflow {workflow_id!r} is closed")
-            conn.executemany(
-                "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (stream_id, length + i, encoding, data, position, attempt)
-                    for i, (encoding, data) in enumerate(values)
-                ],
-            )
-            conn.execute(
-                "UPDATE streams SET length = ? WHERE stream_id = ?", (length + len(values), stream_id)
-            )
+            _insert_entries(conn, StreamGroup(workflow_id, key, position, attempt, list(values)), stream_id, offset)
             if checkpoint is not None:
-                conn.execute(
-                    f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    checkpoint,
-                )
-        return length
+                conn.execute(f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", checkpoint)
+        return offset
+
+    def open_stream(self, workflow_id: str, key: str) -> tuple[int, bool]:
+        """``(stream_id, closed)`` of a stream, creating it (open and empty) if needed."""
+        with self._write(f"open stream {key!r} of {workflow_id!r}") as conn:
+            stream_id, _, closed = _open_stream(conn, workflow_id, key)
+        return stream_id, closed != OPEN
+
+    def append_one(self, stream_id: int, encoded: tuple[int, Any], position: int, attempt: int) -> bool:
+        """Append one value to an existing stream in its own transaction; False if the stream is closed.
+
+        The hot path of unbatched writes: one statement computes the offset, checks the stream is
+        open and inserts, so a commit costs little more than a raw one-row transaction.
+        """
+        with self._write_lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_APPEND_ONE, (stream_id, encoded[0], encoded[1], position, attempt, stream_id, stream_id))
+                appended = conn.changes() == 1
+                conn.execute("COMMIT")
+            except apsw.Error as exc:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+                raise self._database_error("append to a stream", exc) from exc
+        return appended
+
+    def append_groups(self, groups: Sequence[StreamGroup]) -> dict[str, BaseException]:
+        """Append several groups of values (each: one stream, one step attempt) in one transaction.
+
+        A group whose stream is closed is skipped; the returned dict maps its workflow id to a
+        StreamClosedError. Offsets stay dense: each stream's next offset is read inside the
+        transaction.
+        """
+        failures: dict[str, BaseException] = {}
+        with self._write(f"append to {len(groups)} stream group(s)") as conn:
+            for group in groups:
+                stream_id, offset, closed = _open_stream(conn, group.workflow_id, group.key)
+                if closed != OPEN:
+                    failures[group.workflow_id] = StreamClosedError(
+                        f"stream {group.key!r} of workflow {group.workflow_id!r} is closed"
+                    )
+                    continue
+                _insert_entries(conn, group, stream_id, offset)
+        return failures
 
     def close_stream(self, workflow_id: str, key: str) -> None:
         """Mark a stream closed by its workflow (creating it empty if needed); idempotent."""
         with self._write(f"close stream {key!r} of {workflow_id!r}") as conn:
-            stream_id, length, closed = _open_stream(conn, workflow_id, key)
+            stream_id, offset, closed = _open_stream(conn, workflow_id, key)
             if closed == OPEN:
                 conn.execute(
                     "UPDATE streams SET closed = ? WHERE stream_id = ?", (CLOSED_BY_WORKFLOW, stream_id)
@@ -506,7 +565,7 @@ class SQLiteStorage:
                 conn.execute(
                     "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
                     "VALUES (?, ?, ?, NULL, -1, 0)",
-                    (stream_id, length, END_OF_STREAM),
+                    (stream_id, offset, END_OF_STREAM),
                 )
 
     def find_stream(self, workflow_id: str, key: str) -> tuple[int | None, bool] | None:
@@ -580,7 +639,8 @@ class SQLiteStorage:
         """A workflow's streams by key."""
         with self._read(f"list streams of {workflow_id!r}") as conn:
             rows = conn.execute(
-                "SELECT workflow_id, key, length, closed FROM streams WHERE workflow_id = ? ORDER BY key",
+                "SELECT workflow_id, key, "
+                f"({_NEXT_OFFSET}) - (closed != {OPEN}), closed FROM streams s WHERE workflow_id = ? ORDER BY key",
                 (workflow_id,),
             ).fetchall()
         return [StreamRow(*row) for row in rows]
@@ -594,6 +654,26 @@ class SQLiteStorage:
         return sizes
 
 
+class _BusyWait:
+    """SQLite busy handler: short sleeps that grow from 0.1 ms to 5 ms, for up to BUSY_TIMEOUT_MS.
+
+    SQLite's own busy timeout sleeps in steps of up to 100 ms, far too coarse for writers that hold
+    the lock for microseconds.
+    """
+
+    def __init__(self) -> None:
+        self._since = 0.0
+
+    def __call__(self, count: int) -> bool:
+        now = time.monotonic()
+        if count == 0:
+            self._since = now
+        elif now - self._since > BUSY_TIMEOUT_MS / 1000:
+            return False
+        time.sleep(min(0.0001 * 1.5**count, 0.005))
+        return True
+
+
 def _fetch_workflow(conn: apsw.Connection, workflow_id: str) -> WorkflowRow | None:
     rows = conn.execute(
         f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = ?", (workflow_id,)
@@ -601,9 +681,19 @@ def _fetch_workflow(conn: apsw.Connection, workflow_id: str) -> WorkflowRow | No
     return WorkflowRow(*rows[0]) if rows else None
 
 
+_NEXT_OFFSET = "SELECT coalesce(max(offset) + 1, 0) FROM stream_entries e WHERE e.stream_id = s.stream_id"
+
+_APPEND_ONE = (
+    "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
+    "SELECT ?, coalesce(max(offset) + 1, 0), ?, ?, ?, ? FROM stream_entries WHERE stream_id = ? "
+    f"AND NOT EXISTS (SELECT 1 FROM streams WHERE stream_id = ? AND closed != {OPEN})"
+)
+
+
 def _open_stream(conn: apsw.Connection, workflow_id: str, key: str) -> tuple[int, int, int]:
+    """``(stream_id, next_offset, closed)``, creating the stream if it does not exist."""
     rows = conn.execute(
-        "SELECT stream_id, length, closed FROM streams WHERE workflow_id = ? AND key = ?",
+        f"SELECT stream_id, ({_NEXT_OFFSET}), closed FROM streams s WHERE workflow_id = ? AND key = ?",
         (workflow_id, key),
     ).fetchall()
     if rows:
@@ -612,11 +702,19 @@ def _open_stream(conn: apsw.Connection, workflow_id: str, key: str) -> tuple[int
     return conn.last_insert_rowid(), 0, OPEN
 
 
+def _insert_entries(conn: apsw.Connection, group: StreamGroup, stream_id: int, offset: int) -> None:
+    position, attempt = group.position, group.attempt
+    conn.executemany(
+        "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) VALUES (?, ?, ?, ?, ?, ?)",
+        [(stream_id, at, enc, data, position, attempt) for at, (enc, data) in enumerate(group.values, offset)],
+    )
+
+
 def _close_open_streams(conn: apsw.Connection, workflow_id: str) -> None:
     """Close every open stream of a workflow as "closed by termination", each with its end entry."""
     conn.execute(
         "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
-        "SELECT stream_id, length, ?, NULL, -1, 0 FROM streams WHERE workflow_id = ? AND closed = ?",
+        f"SELECT stream_id, ({_NEXT_OFFSET}), ?, NULL, -1, 0 FROM streams s WHERE workflow_id = ? AND closed = ?",
         (END_OF_STREAM, workflow_id, OPEN),
     )
     conn.execute(

@@ -1,4 +1,9 @@
-"""Reading a durable stream: in order, live, across crashes of the writer.
+"""Durable streams: the grouped writer, and readers that follow a stream in order, live, across crashes.
+
+`StreamWriter` commits the values steps write in groups from one background thread: a write returns
+at once, the thread commits whatever has accumulated in one transaction (so values are visible
+within about a millisecond, and a busy writer gets many values per commit), and a step's output is
+recorded only after `StreamWriter.flush` has committed every value of that step.
 
 A reader asks storage for entries from its offset in one snapshot that also says whether the stream
 has ended (closed, or its workflow reached a final status). When there is nothing new it waits on the
@@ -9,17 +14,19 @@ value committed together with the final status is delivered first.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from .errors import WorkflowNotFoundError
-from .storage import SQLiteStorage
+from .storage import SQLiteStorage, StreamGroup
 from .values import Codec
 from .wakeup import ChangeFeed
 
 BATCH = 1000
+MAX_PENDING = 100_000
 
 
 def check_key(key: Any) -> str:
@@ -156,3 +163,89 @@ class AsyncStreamReader(AsyncIterator[Any]):
         if not self._reader.buffered() and not await asyncio.to_thread(self._reader.fill):
             raise StopAsyncIteration
         return next(self._reader)
+
+
+class StreamWriter:
+    """Commits stream values in groups from one background thread (started on first use)."""
+
+    def __init__(self, storage: SQLiteStorage, feed: ChangeFeed) -> None:
+        self._storage = storage
+        self._feed = feed
+        self._condition = threading.Condition(threading.Lock())
+        self._pending: list[tuple[str, str, int, int, tuple[int, Any]]] = []
+        self._queued = 0
+        self._committed = 0
+        self._last_queued: dict[str, int] = {}
+        self._failures: dict[str, BaseException] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def append(self, workflow_id: str, key: str, position: int, attempt: int, encoded: tuple[int, Any]) -> None:
+        """Queue one value; it is committed within about a millisecond."""
+        with self._condition:
+            if self._thread is None:
+                self._start()
+            while len(self._pending) >= MAX_PENDING:
+                self._condition.wait()
+            self._pending.append((workflow_id, key, position, attempt, encoded))
+            self._queued += 1
+            self._last_queued[workflow_id] = self._queued
+            if len(self._pending) == 1:
+                self._condition.notify_all()
+
+    def flush(self, workflow_id: str) -> None:
+        """Wait until every value queued for ``workflow_id`` is committed; raise what failed, if anything."""
+        if self._last_queued.get(workflow_id, 0) > self._committed or workflow_id in self._failures:
+            with self._condition:
+                target = self._last_queued.get(workflow_id, 0)
+                while self._committed < target:
+                    self._condition.wait()
+                self._last_queued.pop(workflow_id, None)
+                failure = self._failures.pop(workflow_id, None)
+            if failure is not None:
+                raise failure
+
+    def close(self) -> None:
+        """Commit what is queued and stop the thread."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="litedur-stream-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._pending and not self._stopping:
+                    self._condition.wait()
+                if not self._pending:
+                    self._thread = None
+                    return
+                batch, self._pending = self._pending, []
+                upto = self._queued
+                self._condition.notify_all()  # writers held back by MAX_PENDING may go on
+            failures = self._commit(batch)
+            with self._condition:
+                self._committed = upto
+                self._failures.update(failures)
+                self._condition.notify_all()
+            self._feed.notify()
+
+    def _commit(self, batch: list[tuple[str, str, int, int, tuple[int, Any]]]) -> dict[str, BaseException]:
+        groups: list[StreamGroup] = []
+        for workflow_id, key, position, attempt, encoded in batch:
+            last = groups[-1] if groups else None
+            if last is not None and last[:4] == (workflow_id, key, position, attempt):
+                last.values.append(encoded)
+            else:
+                groups.append(StreamGroup(workflow_id, key, position, attempt, [encoded]))
+        try:
+            return self._storage.append_groups(groups)
+        except Exception as exc:  # e.g. disk full: every step in the batch learns it at its flush
+            return {group.workflow_id: exc for group in groups}

@@ -29,6 +29,7 @@ SETTLE = 0.001
 POLL_FIRST = 0.001
 POLL_MAX = 0.05
 POLL_GROWTH = 1.5
+MAX_IDLE_WATCHES = 16
 
 _IN_MODIFY = 0x002
 _IN_CLOSE_WRITE = 0x008
@@ -47,6 +48,7 @@ class ChangeFeed:
         self._version = 0
         self._lock = threading.Lock()
         self._waiting: set[Waiter] = set()
+        self._idle_watches: list[_Watch] = []
 
     @property
     def version(self) -> int:
@@ -66,10 +68,26 @@ class ChangeFeed:
             raise ValueError(f"wait must be 'auto', 'notify' or 'poll', not {wait!r}")
         if os.environ.get("LITEDUR_WAIT", "").lower() == "poll":
             wait = "poll"
-        watch = None if wait == "poll" else _open_watch(self.db_path)
+        watch = None if wait == "poll" else self._take_watch()
         if watch is None and wait == "notify":
             raise OSError(f"no file-change notification available for {self.db_path}")
         return Waiter(self, watch)
+
+    def _take_watch(self) -> _Watch | None:
+        with self._lock:
+            if self._idle_watches:
+                watch = self._idle_watches.pop()
+                watch.drain()
+                return watch
+        return _open_watch(self.db_path)
+
+    def _return_watch(self, watch: _Watch) -> None:
+        """Keep a finished reader's watch for the next one: closing an inotify descriptor is slow."""
+        with self._lock:
+            if len(self._idle_watches) < MAX_IDLE_WATCHES:
+                self._idle_watches.append(watch)
+                return
+        watch.close()
 
     def _register(self, waiter: Waiter) -> None:
         with self._lock:
@@ -157,7 +175,7 @@ class Waiter:
     def close(self) -> None:
         """Release the waiter's file descriptors."""
         if self._watch is not None:
-            self._watch.close()
+            self._feed._return_watch(self._watch)
             self._watch = None
         self._bell.close()
 

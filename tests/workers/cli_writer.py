@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--log", help="side-effect log: one line per word written")
     options = parser.parse_args()
     log = SideEffectLog(options.log) if options.log else None
-    app = litedur.Engine(options.db)
+    # A crash at a known point needs each value committed before write_stream returns.
+    app = litedur.Engine(options.db, group_writes=options.die_at is None)
 
     @app.step(max_attempts=3, interval=0.01)
     def produce(key: str, total: int) -> int:
