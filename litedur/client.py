@@ -136,8 +136,9 @@ class Client:
         return self._storage.path
 
     def close(self) -> None:
-        """Release the database connections."""
+        """Release the database connections (and this file's idle wake-up watches)."""
         self._storage.close()
+        self._feed.release_idle_watches()
 
     def __enter__(self) -> Client:
         return self

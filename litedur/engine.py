@@ -25,6 +25,7 @@ from typing import Any, ParamSpec, TypeVar
 from . import liveness
 from .client import FINAL_STATUSES, Client, WorkflowHandle, _check_path_type
 from .errors import (
+    DatabaseError,
     LitedurError,
     NonDeterminismError,
     NotInWorkflowError,
@@ -256,7 +257,7 @@ class Engine(Client):
                 executor.lock.release()
             self._executor = None
             self._pool = None
-        self._storage.close()
+        self.close()  # the connections and this file's idle wake-up watches
 
     def __enter__(self) -> Engine:
         self.launch()
@@ -395,7 +396,10 @@ class Engine(Client):
             try:
                 result = spec.fn(*args, **kwargs)
             except Exception as exc:
-                self._storage.finish_workflow(workflow_id, "ERROR", error=self._codec.encode_error(exc))
+                # If the error cannot be recorded either (the disk is still full, ...), the caller gets
+                # the first error, not that one, and the workflow stays PENDING for recovery.
+                with contextlib.suppress(DatabaseError):
+                    self._storage.finish_workflow(workflow_id, "ERROR", error=self._codec.encode_error(exc))
                 raise
             finally:
                 _current_run.reset(token)
@@ -578,7 +582,9 @@ class Engine(Client):
     def _recover_periodically(self) -> None:
         while not self._stopping.wait(RECOVERY_INTERVAL):
             with contextlib.suppress(LitedurError):  # a busy or read-only file now: try next round
-                self._recover(include_own=False)
+                # Own workflows too: one whose run died of a database error (disk full, ...) before it
+                # could record its end is PENDING here and running nowhere (a running one is skipped).
+                self._recover(include_own=True)
 
     def _recover(self, include_own: bool) -> int:
         """Claim and start every PENDING workflow whose executor is dead; returns how many."""

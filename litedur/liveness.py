@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 
-from .errors import ExecutorError
+from .errors import DatabaseError, ExecutorError
 
 try:
     import fcntl
@@ -62,9 +62,19 @@ class ExecutorLock:
     def __init__(self, db_path: str, executor_id: str) -> None:
         self.path = _lock_path(db_path, executor_id)
         self.executor_id = executor_id
-        os.makedirs(lock_directory(db_path), mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(lock_directory(db_path), mode=0o700, exist_ok=True)
+        except OSError as exc:  # e.g. a file of that name, or a read-only directory
+            raise DatabaseError(
+                f"cannot register executor {executor_id!r}: cannot create {lock_directory(db_path)}: {exc.strerror}"
+            ) from exc
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:  # e.g. a lock directory of another user
+                raise DatabaseError(
+                    f"cannot register executor {executor_id!r}: cannot open its lock file {self.path}: {exc.strerror}"
+                ) from exc
             if not _try_lock(fd):
                 os.close(fd)
                 raise ExecutorError(

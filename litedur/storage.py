@@ -13,6 +13,7 @@ import os
 import stat
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -163,10 +164,11 @@ class SQLiteStorage:
         is_new = _check_path(self.path, create)
         if is_new:
             _create_private_file(self.path)
+        self._immutable = not is_new and _on_read_only_file_system(self.path)
         try:
             with self._translate_errors("open"):
                 conn = self._connection()
-                self._prepare_schema(conn)
+                self._prepare_schema(conn, create)
         except BaseException:
             self.close()  # a refused file keeps no open connection (nor a -wal/-shm of ours)
             raise
@@ -178,7 +180,11 @@ class SQLiteStorage:
         if conn is None:
             if self._closed:
                 raise DatabaseError(f"database {self.path} is closed")
-            conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+            if self._immutable:  # read-only media: nobody can change it, and no -shm can be made
+                uri = f"file:{urllib.parse.quote(self.path)}?immutable=1"
+                conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+            else:
+                conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
             conn.set_busy_handler(_BusyWait())
             synchronous = "FULL" if self.durability == "full" else "NORMAL"
             conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -255,7 +261,7 @@ class SQLiteStorage:
 
     # ---- schema -----------------------------------------------------------------------------
 
-    def _prepare_schema(self, conn: apsw.Connection) -> None:
+    def _prepare_schema(self, conn: apsw.Connection, create: bool = True) -> None:
         version, app_id, tables = self._inspect(conn)
         if app_id != APPLICATION_ID and (app_id != 0 or tables):
             raise DatabaseError(f"{self.path} is a SQLite database of another application, not litedur")
@@ -266,6 +272,8 @@ class SQLiteStorage:
             )
         if version == SCHEMA_VERSION:
             return
+        if version == 0 and not create:  # an empty file: a reader must not turn it into a database
+            raise DatabaseError(f"no litedur database at {self.path} (the file is empty)")
         if _is_readonly(conn):
             raise DatabaseError(f"{self.path} needs a schema upgrade but is read-only")
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
@@ -756,6 +764,24 @@ def _check_path(path: str, create: bool) -> bool:
     if header != SQLITE_HEADER:
         raise DatabaseError(f"{path} is not a litedur database (not a SQLite file)")
     return False
+
+
+def _on_read_only_file_system(path: str) -> bool:
+    """True for a file on a read-only mount that has no write-ahead log to replay.
+
+    A WAL-mode reader needs a ``-shm`` index next to the file, which cannot be created there; such a
+    file is opened as immutable instead (safe: nothing can change it). With a non-empty ``-wal``
+    left behind, immutable would hide committed data, so the file is opened normally (and fails).
+    """
+    try:
+        if not os.statvfs(path).f_flag & os.ST_RDONLY:
+            return False
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        return False
+    try:
+        return os.path.getsize(f"{path}-wal") == 0
+    except OSError:
+        return True  # no -wal at all
 
 
 def _create_private_file(path: str) -> None:

@@ -89,6 +89,17 @@ class ChangeFeed:
                 return
         watch.close()
 
+    def release_idle_watches(self) -> None:
+        """Close the watches kept for future readers (a client of this file closed).
+
+        Each watch is an inotify instance, of which a user has few (often 128): a process that
+        opens many database files one after another must not keep one per file for ever.
+        """
+        with self._lock:
+            idle, self._idle_watches = self._idle_watches, []
+        for watch in idle:
+            watch.close()
+
     def _register(self, waiter: Waiter) -> None:
         with self._lock:
             self._waiting.add(waiter)

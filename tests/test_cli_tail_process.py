@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import SideEffectLog, finish, kill, spawn, wait_until
 
 import litedur
@@ -33,24 +34,33 @@ INTERRUPTIBLE = (
 )
 
 
-def start_tail(db: Path, tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
-    out, err = tmp_path / "tail.out", tmp_path / "tail.err"
-    command = [sys.executable, "-c", INTERRUPTIBLE, "--db", str(db), "tail", *args]
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
-    return process, out, err
+@pytest.fixture
+def start_tail(tmp_path):
+    """Start ``litedur --db DB tail ARGS`` with stdout and stderr in files; killed after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(db: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
+        out, err = tmp_path / "tail.out", tmp_path / "tail.err"
+        command = [sys.executable, "-c", INTERRUPTIBLE, "--db", str(db), "tail", *args]
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            started.append(subprocess.Popen(command, stdout=stdout, stderr=stderr))
+        return started[-1], out, err
+
+    yield start
+    for process in started:
+        kill(process)
 
 
 def text_of(path: Path) -> str:
     return path.read_bytes().decode()
 
 
-def test_tail_follows_the_writer_through_sigkill_and_recovery(tmp_path):
+def test_tail_follows_the_writer_through_sigkill_and_recovery(tmp_path, start_tail):
     db, gate, log = tmp_path / "w.db", tmp_path / "gate", tmp_path / "effects.log"
     first = spawn("cli_writer.py", db, "wf", 30, "--gate", 5, gate, "--die-at", 17, "--log", log)
     try:
         wait_until(lambda: stream_length(db, "wf") >= 5)
-        tail, out, err = start_tail(db, tmp_path, "wf", "tokens")
+        tail, out, err = start_tail(db, "wf", "tokens")
         wait_until(lambda: text_of(out) == words(5))  # the tail is live before the writer goes on
         gate.touch()
         assert finish(first) == -signal.SIGKILL
@@ -69,12 +79,12 @@ def test_tail_follows_the_writer_through_sigkill_and_recovery(tmp_path):
     assert (status.status, status.recovery_attempts, status.output) == ("SUCCESS", 1, 30)
 
 
-def test_tail_exits_1_with_the_error_when_the_workflow_fails(tmp_path):
+def test_tail_exits_1_with_the_error_when_the_workflow_fails(tmp_path, start_tail):
     db = tmp_path / "w.db"
     writer = spawn("cli_writer.py", db, "wf", 4, "--gate", 2, tmp_path / "gate", "--fail")
     try:
         wait_until(lambda: stream_length(db, "wf") >= 2)
-        tail, out, err = start_tail(db, tmp_path, "wf", "tokens", "--json")
+        tail, out, err = start_tail(db, "wf", "tokens", "--json")
         (tmp_path / "gate").touch()
         assert finish(tail) == 1
         assert finish(writer) == 0
@@ -85,12 +95,12 @@ def test_tail_exits_1_with_the_error_when_the_workflow_fails(tmp_path):
     assert text_of(err) == "Error: workflow wf failed: ValueError: the writer failed on purpose\n"
 
 
-def test_ctrl_c_stops_a_following_tail_quietly_with_130(tmp_path):
+def test_ctrl_c_stops_a_following_tail_quietly_with_130(tmp_path, start_tail):
     db = tmp_path / "w.db"
     writer = spawn("cli_writer.py", db, "wf", 10, "--gate", 3, tmp_path / "never")
     try:
         wait_until(lambda: stream_length(db, "wf") >= 3)
-        tail, out, err = start_tail(db, tmp_path, "wf", "tokens")
+        tail, out, err = start_tail(db, "wf", "tokens")
         wait_until(lambda: text_of(out) == words(3))
         tail.send_signal(signal.SIGINT)
         assert finish(tail) == 130
@@ -100,12 +110,12 @@ def test_ctrl_c_stops_a_following_tail_quietly_with_130(tmp_path):
     assert text_of(err) == ""
 
 
-def test_no_follow_prints_what_exists_of_a_live_stream_and_exits(tmp_path):
+def test_no_follow_prints_what_exists_of_a_live_stream_and_exits(tmp_path, start_tail):
     db = tmp_path / "w.db"
     writer = spawn("cli_writer.py", db, "wf", 10, "--gate", 4, tmp_path / "never")
     try:
         wait_until(lambda: stream_length(db, "wf") >= 4)
-        tail, out, err = start_tail(db, tmp_path, "wf", "tokens", "--no-follow", "--from", "1")
+        tail, out, err = start_tail(db, "wf", "tokens", "--no-follow", "--from", "1")
         assert finish(tail, timeout=20) == 0
     finally:
         kill(writer)

@@ -15,10 +15,10 @@ import decimal
 import enum
 import itertools
 import math
-import sqlite3
 import threading
 import time
 
+import apsw
 import pytest
 from support import SideEffectLog, wait_until
 
@@ -107,10 +107,13 @@ def same(a, b) -> bool:
 
 
 def raw_row(db, sql, *params):
-    """Read the file with the standard library's sqlite3, as any other SQLite client would."""
-    connection = sqlite3.connect(db)
+    """Read the file with plain SQL on a separate connection, as any other SQLite client would.
+
+    apsw, not the stdlib sqlite3: two SQLite libraries in one process break each other's POSIX locks.
+    """
+    connection = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        return connection.execute(sql, params).fetchone()
+        return tuple(connection.execute(sql, params).fetchall()[0])
     finally:
         connection.close()
 

@@ -66,6 +66,7 @@ def test_two_terminals_recipe_tail_follows_a_writer_killed_and_restarted(tmp_pat
     db = tmp_path / "story.db"
     writer = spawn(EXAMPLES / "two_terminals.py", "--db", db, "--rate", 300, stderr=subprocess.DEVNULL)
     out = tmp_path / "tail.out"
+    tail = None
     try:
         wait_until(lambda: stream_length(db, "story", "tokens") >= 3)
         with out.open("wb") as stdout:
@@ -78,6 +79,8 @@ def test_two_terminals_recipe_tail_follows_a_writer_killed_and_restarted(tmp_pat
         assert finish(tail) == 0
     finally:
         kill(writer)
+        if tail is not None:
+            kill(tail)
     assert out.read_text() == two_terminals.STORY
 
 

@@ -1,0 +1,953 @@
+"""litedur benchmark suite: every workload of issue 6, against a raw-apsw baseline measured in the same run.
+
+    python benchmarks/run.py [--quick] [--only W1,W3] [--repeat N] [--durability normal|full] [--dir DIR]
+
+Each round runs every selected workload once; the suite runs ``--repeat`` rounds (default 3; ``--quick``:
+one round at tiny sizes, a smoke test for CI that asserts no speed) and prints, per figure, the min, median
+and max over the rounds and, for throughputs, the ratio of the median to the median raw-apsw one-row
+commit rate at the same durability (the machine is noisy: the ratios are the figures that count). Then it
+prints the same table as Markdown, with the machine it ran on, to paste into the README.
+
+Workloads (ids for ``--only``; RAW always runs, the ratios need it):
+
+- RAW    raw apsw on a WAL file, the stream-entry table shape: one-row transactions/s at synchronous NORMAL
+         and FULL, rows/s in transactions of 10 rows; and W2's physical limit: an apsw writer process
+         committing one row per value at ~500/s, read by a process woken by inotify (Linux only).
+- W1     one step writes five-byte strings to a stream; values/s with grouped commits (the default) and
+         with ``group_writes=False`` (one commit per value), at the chosen durability and at "full".
+- W2     cross-process write->read latency at ~500 values/s (p50/p99/max, reader CPU per 1,000 values),
+         the same with LITEDUR_WAIT=poll, in-process (reader thread in the writer's process), and the
+         CPU of an idle reader blocked on a stream that gets no writes.
+- W3     one workflow running trivial steps; steps/s.
+- W4     one-step workflows started with start_workflow and awaited; workflows/s.
+- W5     recovery: a writer SIGKILLed halfway through a step's stream; time from launch() returning in a
+         new process to the first new value seen by a reader that kept reading across the crash.
+- W6     a long stream: sustained write rate, time to the first value read near its end, bytes per value
+         on disk; total CPU of many reader threads following one live stream.
+- IMPORT import time of litedur in a fresh interpreter, wall time of ``litedur --help``.
+
+Child processes (writers, the recovering process) are this same script started with a hidden
+``--role NAME`` argument. Each workload gets a fresh directory (readers watch the database's directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import apsw
+
+import litedur
+
+HERE = Path(__file__).resolve()
+WORKLOADS = ("RAW", "W1", "W2", "W3", "W4", "W5", "W6", "IMPORT")
+VALUE = "abcde"  # the five-byte string every stream workload writes
+RATE = 500.0  # values/s written by the paced writer of W2 and W6
+ISSUE_RAW_NORMAL = 113_537  # one-row commits/s issue 6 measured when it set its targets
+SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+SIZES = {
+    "default": {
+        "raw_normal": 100_000, "raw_full": 5_000, "raw_batch": 200_000,
+        "w1": 50_000, "w1_each_full": 5_000,
+        "w2": 2_000, "idle_s": 3.0,
+        "w3": 5_000, "w4": 2_000, "w5": 1_000,
+        "w6": 1_000_000, "w6_tail": 1_000, "w6_readers": 50, "w6_live": 1_000,
+        "imports": 5,
+    },
+    "quick": {
+        "raw_normal": 2_000, "raw_full": 50, "raw_batch": 5_000,
+        "w1": 2_000, "w1_each_full": 50,
+        "w2": 100, "idle_s": 0.3,
+        "w3": 200, "w4": 100, "w5": 100,
+        "w6": 20_000, "w6_tail": 1_000, "w6_readers": 10, "w6_live": 100,
+        "imports": 1,
+    },
+}  # fmt: skip
+
+ENTRY_TABLE = (
+    "CREATE TABLE stream_entries (stream_id INTEGER NOT NULL, offset INTEGER NOT NULL, "
+    "encoding INTEGER NOT NULL, value, position INTEGER NOT NULL, attempt INTEGER NOT NULL, "
+    "PRIMARY KEY (stream_id, offset)) WITHOUT ROWID"
+)
+ENTRY_INSERT = "INSERT INTO stream_entries VALUES (1, ?, 0, ?, 0, 1)"
+RAW_READ = "SELECT value FROM stream_entries WHERE stream_id = 1 AND offset >= ? ORDER BY offset LIMIT 1000"
+IN_MODIFY, IN_CREATE = 0x002, 0x100
+
+
+# ---- figures and their summary ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What issue 6 asks of a figure: ``op`` is ">=" or "<="; ``ratio`` compares the ratio column.
+
+    ``scaled``: a throughput also judged as a ratio to raw, the absolute number divided by the raw
+    one-row commit rate issue 6 measured when it set the number (machines and days differ).
+    """
+
+    op: str
+    number: float
+    ratio: bool = False
+    scaled: bool = False
+
+    def met(self, value: float) -> bool:
+        return value >= self.number if self.op == ">=" else value <= self.number
+
+    def __str__(self) -> str:
+        return f"{self.op} {fmt_ratio(self.number)} raw" if self.ratio else f"{self.op} {fmt(self.number)}"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measurement of one round. ``vs`` names the baseline figure the ratio is taken against."""
+
+    key: str
+    workload: str
+    label: str
+    unit: str
+    value: float | None
+    vs: str | None = None
+    target: Target | None = None
+    short: str | None = None  # its name where another figure is compared with it (default: label)
+
+
+@dataclass
+class Row:
+    """A figure across rounds."""
+
+    workload: str
+    label: str
+    unit: str
+    vs: str | None
+    target: Target | None
+    short: str
+    samples: list[float] = field(default_factory=list)  # none: the feature does not exist (n/a)
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 100:
+        return f"{value:.0f}"
+    if size >= 10:
+        return f"{value:.1f}"
+    if size >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def fmt_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.3f}x"
+
+
+def median(samples: list[float]) -> float | None:
+    return statistics.median(samples) if samples else None
+
+
+def ratio_of(row: Row, rows: dict[str, Row]) -> float | None:
+    base = rows.get(row.vs) if row.vs else None
+    value, reference = median(row.samples), median(base.samples) if base else None
+    return None if value is None or not reference else value / reference
+
+
+def judge(target: Target, measured: float | None) -> str:
+    return "n/a" if measured is None else "ok" if target.met(measured) else "MISSED"
+
+
+def verdict(row: Row, rows: dict[str, Row]) -> str:
+    target = row.target
+    if target is None:
+        return ""
+    text = f"{target}: {judge(target, ratio_of(row, rows) if target.ratio else median(row.samples))}"
+    if target.scaled:
+        as_ratio = Target(target.op, target.number / ISSUE_RAW_NORMAL, ratio=True)
+        text += f"; {as_ratio}: {judge(as_ratio, ratio_of(row, rows))}"
+    return text
+
+
+def summary_lines(rows: dict[str, Row]) -> list[str]:
+    lines = []
+    for row in rows.values():
+        if row.samples:
+            low, mid, high = (fmt(x) for x in (min(row.samples), median(row.samples), max(row.samples)))
+            spread = f"min {low:>9}  median {mid:>9}  max {high:>9}"
+        else:
+            spread = f"{'n/a':<46}"
+        ratio = ratio_of(row, rows)
+        against = f"{fmt_ratio(ratio):>7} {rows[row.vs].short}" if ratio is not None and row.vs else ""
+        lines.append(
+            f"{row.workload:<6} {row.label:<58} {row.unit:<11} {spread}   {against:<26} {verdict(row, rows)}".rstrip()
+        )
+    return lines
+
+
+def markdown(rows: dict[str, Row]) -> list[str]:
+    lines = [
+        "| id | figure | unit | min | median | max | ratio to raw | target |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows.values():
+        ratio = ratio_of(row, rows)
+        low, mid, high = (
+            (fmt(min(row.samples)), fmt(median(row.samples)), fmt(max(row.samples))) if row.samples else ("n/a",) * 3
+        )
+        lines.append(
+            f"| {row.workload} | {row.label} | {row.unit} | {low} | {mid} | {high} | "
+            f"{'' if ratio is None else fmt_ratio(ratio)} | {verdict(row, rows)} |"
+        )
+    return lines
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of an already sorted list, nearest rank."""
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this whole process."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def spawn(role: str, *args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """This script in a child process playing ``role``; talks through line-buffered stdin/stdout."""
+    return subprocess.Popen(
+        [sys.executable, str(HERE), "--role", role, *map(str, args)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def expect_line(process: subprocess.Popen[str], prefix: str) -> str:
+    line = process.stdout.readline() if process.stdout else ""
+    if not line.startswith(prefix):
+        raise RuntimeError(f"child {process.args[3]} said {line!r}, expected {prefix!r} (exit code {process.poll()})")
+    return line[len(prefix) :].strip()
+
+
+def reap(process: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    """Wait for a child to end on its own; kill it (and complain) if it does not."""
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"child {process.args[3]} did not end within {timeout} s") from None
+    if code != 0:
+        raise RuntimeError(f"child {process.args[3]} exited with code {code}")
+
+
+@contextlib.contextmanager
+def child(role: str, *args: object, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    process = spawn(role, *args, env=env)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def send_go(process: subprocess.Popen[str]) -> None:
+    assert process.stdin is not None
+    process.stdin.write("go\n")
+    process.stdin.flush()
+
+
+def disk_bytes(path: str) -> int:
+    """Bytes of the database and its WAL after a truncating checkpoint (no litedur connection open)."""
+    conn = apsw.Connection(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return sum(os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix))
+    finally:
+        conn.close()
+
+
+def engine(path: str, durability: str, **options: object) -> litedur.Engine:
+    return litedur.Engine(path, durability=durability, **options)
+
+
+# ---- the paced writer (W2, W6 readers) ----------------------------------------------------------
+
+
+def paced_app(path: str, durability: str, wait_for_go: Callable[[], None]) -> tuple[litedur.Engine, Callable]:
+    """An engine with a workflow whose step writes ``time.monotonic_ns()`` at a steady rate.
+
+    The writer sleeps between values (a busy-spinning writer would steal the reader's core).
+    """
+    app = engine(path, durability)
+
+    @app.step(name="bench.paced")
+    def paced(count: int, interval: float) -> int:
+        wait_for_go()
+        start = time.monotonic()
+        for i in range(count):
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            app.write_stream("t", time.monotonic_ns())
+        return count
+
+    @app.workflow(name="bench.paced_workflow")
+    def paced_workflow(count: int, interval: float) -> int:
+        written = paced(count, interval)
+        app.close_stream("t")
+        return written
+
+    return app, paced_workflow
+
+
+def role_paced_writer(path: str, workflow_id: str, count: str, interval: str, durability: str) -> None:
+    """Child: start the paced workflow, say "ready", write once the parent says "go", then exit."""
+
+    def wait_for_go() -> None:
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+    app, workflow = paced_app(path, durability, wait_for_go)
+    with app, litedur.SetWorkflowID(workflow_id):
+        workflow(int(count), float(interval))
+
+
+def read_latencies(reader: litedur.StreamReader, count: int, go: Callable[[], None]) -> tuple[list[int], float]:
+    """Consume a stream of monotonic_ns stamps: (latencies in ns, reader CPU s from first to last value)."""
+    latencies: list[int] = []
+    cpu_first = cpu_last = 0.0
+    go()
+    for stamp in reader:
+        seen = time.monotonic_ns()
+        if not latencies:
+            cpu_first = cpu_seconds()
+        latencies.append(seen - stamp)
+        if len(latencies) == count:
+            cpu_last = cpu_seconds()
+    if len(latencies) != count:
+        raise RuntimeError(f"reader got {len(latencies)} values, expected {count}")
+    return latencies, cpu_last - cpu_first
+
+
+def latency_figures(
+    workload: str,
+    prefix: str,
+    name: str,
+    measured: tuple[list[int], float | None] | None,
+    targets: dict[str, Target] | None = None,
+    vs: str | None = None,
+) -> list[Figure]:
+    """p50, p99, max (ms) and reader CPU per 1,000 values; None values when nothing was ``measured``."""
+    latencies, cpu = measured or ([], None)
+    ordered = sorted(ns / 1e6 for ns in latencies)
+    targets = targets or {}
+    figures = [
+        Figure(f"{prefix}.{name_}", workload, f"{name}: {name_}", "ms",
+               percentile(ordered, q) if ordered else None, vs=vs and f"{vs}.{name_}", target=targets.get(name_),
+               short=f"raw {name_}")
+        for name_, q in (("p50", 0.50), ("p99", 0.99), ("max", 1.0))
+    ]  # fmt: skip
+    if cpu is not None or measured is None:
+        per_thousand = None if cpu is None else cpu / max(1, len(latencies) - 1) * 1000
+        label, baseline = f"{name}: reader CPU/1,000 values", vs and f"{vs}.cpu"
+        figures.append(
+            Figure(f"{prefix}.cpu", workload, label, "s", per_thousand, baseline, targets.get("cpu"), "raw CPU")
+        )
+    return figures
+
+
+# ---- workloads ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    sizes: dict[str, float]
+    durability: str
+    root: Path
+    counter: int = 0
+
+    def directory(self, name: str) -> Path:
+        """A fresh directory for one workload's database (readers watch the whole directory)."""
+        self.counter += 1
+        path = self.root / f"{self.counter:03d}-{name}"
+        path.mkdir()
+        return path
+
+    def db(self, name: str) -> str:
+        return str(self.directory(name) / "bench.db")
+
+    def size(self, name: str) -> int:
+        return int(self.sizes[name])
+
+    @property
+    def normal(self) -> bool:
+        return self.durability == "normal"
+
+
+def raw_connection(path: str, synchronous: str) -> apsw.Connection:
+    conn = apsw.Connection(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(ENTRY_TABLE)
+    return conn
+
+
+def raw_one_row_rate(path: str, synchronous: str, count: int) -> float:
+    conn = raw_connection(path, synchronous)
+    try:
+        started = time.perf_counter()
+        for offset in range(count):
+            conn.execute(ENTRY_INSERT, (offset, VALUE))
+        return count / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+def raw_batch_rate(path: str, count: int, batch: int = 10) -> float:
+    conn = raw_connection(path, "NORMAL")
+    try:
+        started = time.perf_counter()
+        for first in range(0, count, batch):
+            conn.execute("BEGIN")
+            conn.executemany(ENTRY_INSERT, [(offset, VALUE) for offset in range(first, first + batch)])
+            conn.execute("COMMIT")
+        return count / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+def inotify(directory: str) -> int | None:
+    """A non-blocking inotify descriptor watching ``directory`` (Linux only; None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(directory), IN_MODIFY | IN_CREATE) >= 0:
+        return fd
+    if fd >= 0:
+        os.close(fd)
+    return None
+
+
+def role_raw_writer(path: str, count: str, interval: str, synchronous: str) -> None:
+    """Child: once told "go", insert ``count`` monotonic_ns stamps at a steady rate, one commit each."""
+    conn = apsw.Connection(path)
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start, step = time.monotonic(), float(interval)
+    for offset in range(int(count)):
+        delay = start + offset * step - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        conn.execute(ENTRY_INSERT, (offset, time.monotonic_ns()))
+    conn.close()
+
+
+def raw_latencies(ctx: Context, count: int) -> tuple[list[int], float] | None:
+    """The physical limit of W2: an apsw writer process, a reader woken by inotify that re-queries."""
+    directory = ctx.directory("raw-latency")
+    fd = inotify(str(directory))
+    if fd is None:
+        return None
+    path = str(directory / "raw.db")
+    conn = raw_connection(path, SYNCHRONOUS[ctx.durability])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    latencies: list[int] = []
+    cpu_first = offset = 0
+    try:
+        with child("raw-writer", path, count, 1 / RATE, SYNCHRONOUS[ctx.durability]) as writer:
+            expect_line(writer, "ready")
+            send_go(writer)
+            woke = False
+            while offset < count:
+                ended = writer.poll() is not None  # before the query, which then sees every commit
+                rows = conn.execute(RAW_READ, (offset,)).fetchall()
+                seen = time.monotonic_ns()
+                if rows:
+                    if not latencies:
+                        cpu_first = cpu_seconds()
+                    latencies.extend(seen - stamp for (stamp,) in rows)
+                    offset += len(rows)
+                    continue
+                if ended:
+                    raise RuntimeError(f"the raw writer ended after {offset} of {count} values")
+                # The event of a WAL write can come just before SQLite publishes the commit: after a
+                # wake that found nothing, look again 1 ms later even if no further event comes.
+                woke = bool(poller.poll(1 if woke else 1000))
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(fd, 65536):
+                        pass
+            cpu = cpu_seconds() - cpu_first
+            reap(writer)
+    finally:
+        os.close(fd)
+        conn.close()
+    return latencies, cpu
+
+
+def w_raw(ctx: Context) -> list[Figure]:
+    return [
+        Figure("raw.normal", "RAW", "one-row commits (normal)", "commits/s",
+               raw_one_row_rate(ctx.db("raw-normal"), "NORMAL", ctx.size("raw_normal")), short="raw commits"),
+        Figure("raw.full", "RAW", "one-row commits (full)", "commits/s",
+               raw_one_row_rate(ctx.db("raw-full"), "FULL", ctx.size("raw_full")), short="raw commits (full)"),
+        Figure("raw.batch", "RAW", "rows in commits of 10 (normal)", "rows/s",
+               raw_batch_rate(ctx.db("raw-batch"), ctx.size("raw_batch")), vs="raw.normal"),
+        *latency_figures("RAW", "raw.latency", "cross-process, apsw + inotify",
+                         raw_latencies(ctx, ctx.size("w2"))),
+    ]  # fmt: skip
+
+
+def stream_write_rate(path: str, count: int, durability: str, grouped: bool) -> float | None:
+    """Values/s of one step writing ``count`` five-byte strings; None if ``group_writes`` does not exist."""
+    try:
+        app = engine(path, durability) if grouped else engine(path, durability, group_writes=False)
+    except TypeError:
+        return None
+
+    @app.step(name="bench.produce")
+    def produce(n: int) -> None:
+        write = app.write_stream
+        for _ in range(n):
+            write("s", VALUE)
+
+    @app.workflow(name="bench.stream_write")
+    def stream_write(n: int) -> None:
+        produce(n)
+
+    with app:
+        started = time.perf_counter()
+        stream_write(count)
+        return count / (time.perf_counter() - started)
+
+
+def w1(ctx: Context) -> list[Figure]:
+    figures = []
+    for durability in dict.fromkeys((ctx.durability, "full")):
+        n, n_each = ctx.size("w1"), ctx.size("w1" if durability == "normal" else "w1_each_full")
+        grouped = stream_write_rate(ctx.db("w1-grouped"), n, durability, grouped=True)
+        each = stream_write_rate(ctx.db("w1-each"), n_each, durability, grouped=False)
+        normal = durability == "normal"
+        figures += [
+            Figure(f"w1.grouped.{durability}", "W1", f"grouped commits, {n:,} values ({durability})", "values/s",
+                   grouped, vs=f"raw.{durability}", target=Target(">=", 250_000, scaled=True) if normal else None),
+            Figure(f"w1.each.{durability}", "W1", f"one commit per value, {n_each:,} values ({durability})",
+                   "values/s", each, vs=f"raw.{durability}", target=Target(">=", 0.7, ratio=True) if normal else None),
+        ]  # fmt: skip
+        if durability == "full":
+            gain = None if grouped is None or each is None else grouped / each
+            figures.append(Figure("w1.gain.full", "W1", "grouped / one commit per value (full)", "x", gain,
+                                  target=Target(">=", 10)))  # fmt: skip
+    return figures
+
+
+def w2(ctx: Context) -> list[Figure]:
+    count, interval = ctx.size("w2"), 1 / RATE
+    targets = {"p50": Target("<=", 0.1), "p99": Target("<=", 1.0), "cpu": Target("<=", 0.03)} if ctx.normal else {}
+    figures = []
+    for mode in ("notify", "poll"):
+        path = ctx.db(f"w2-{mode}")
+        litedur.Engine(path).shutdown()  # a Client never creates the file
+        with child("paced-writer", path, "w2", count, interval, ctx.durability) as writer:
+            expect_line(writer, "ready")
+            with environment(**({"LITEDUR_WAIT": "poll"} if mode == "poll" else {})), litedur.Client(path) as client:
+                latencies, cpu = read_latencies(client.read_stream("w2", "t"), count, lambda w=writer: send_go(w))
+            reap(writer)
+        name = "cross-process" if mode == "notify" else "cross-process, LITEDUR_WAIT=poll"
+        figures += latency_figures(
+            "W2", f"w2.{mode}", name, (latencies, cpu), targets if mode == "notify" else None, vs="raw.latency"
+        )
+
+    go = threading.Event()
+    app, workflow = paced_app(ctx.db("w2-inprocess"), ctx.durability, lambda: go.wait(60))
+    with app:
+        with litedur.SetWorkflowID("w2"):
+            handle = app.start_workflow(workflow, count, interval)
+        latencies, _ = read_latencies(app.read_stream("w2", "t"), count, go.set)
+        handle.get_result(timeout=60)
+    in_process_target = {"p50": Target("<=", 0.05)} if ctx.normal else None
+    figures += latency_figures("W2", "w2.inprocess", "in-process", (latencies, None), in_process_target)
+
+    path, idle = ctx.db("w2-idle"), ctx.sizes["idle_s"]
+    litedur.Engine(path).shutdown()
+    with child("paced-writer", path, "idle", 0, interval, ctx.durability) as writer:
+        expect_line(writer, "ready")
+        with litedur.Client(path) as client:
+            reader = client.read_stream("idle", "t", timeout=idle)
+            cpu, started = cpu_seconds(), time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                next(reader)
+            share = (cpu_seconds() - cpu) / (time.monotonic() - started) * 100
+            reader.close()
+        send_go(writer)
+        reap(writer)
+    figures.append(Figure("w2.idle", "W2", f"idle reader, {idle:g} s without writes: CPU", "% of a core", share,
+                          target=Target("<=", 0.5)))  # fmt: skip
+    return figures
+
+
+def w3(ctx: Context) -> list[Figure]:
+    count = ctx.size("w3")
+    app = engine(ctx.db("w3"), ctx.durability)
+
+    @app.step(name="bench.trivial")
+    def trivial(i: int) -> int:
+        return i
+
+    @app.workflow(name="bench.many_steps")
+    def many_steps(n: int) -> int:
+        for i in range(n):
+            trivial(i)
+        return n
+
+    with app:
+        started = time.perf_counter()
+        many_steps(count)
+        rate = count / (time.perf_counter() - started)
+    target = Target(">=", 60_000, scaled=True) if ctx.normal else None
+    label = f"one workflow, {count:,} trivial steps ({ctx.durability})"
+    return [Figure("w3", "W3", label, "steps/s", rate, vs=f"raw.{ctx.durability}", target=target)]
+
+
+def w4(ctx: Context) -> list[Figure]:
+    count = ctx.size("w4")
+    app = engine(ctx.db("w4"), ctx.durability)
+
+    @app.step(name="bench.trivial")
+    def trivial(i: int) -> int:
+        return i
+
+    @app.workflow(name="bench.one_step")
+    def one_step(i: int) -> int:
+        return trivial(i)
+
+    with app:
+        started = time.perf_counter()
+        handles = [app.start_workflow(one_step, i) for i in range(count)]
+        for handle in handles:
+            handle.get_result(timeout=120)
+        rate = count / (time.perf_counter() - started)
+    return [Figure("w4", "W4", f"{count:,} one-step workflows, started and awaited ({ctx.durability})",
+                   "workflows/s", rate, vs=f"raw.{ctx.durability}",
+                   target=Target(">=", 5_000, scaled=True) if ctx.normal else None)]  # fmt: skip
+
+
+def recovery_app(path: str, durability: str) -> tuple[litedur.Engine, Callable]:
+    """A step that writes 0..n-1, resuming after what earlier attempts wrote (already_written).
+
+    A first attempt writes the first half and then hangs, waiting to be killed.
+    """
+    app = engine(path, durability)
+
+    @app.step(name="bench.resumable")
+    def resumable(n: int) -> int:
+        done = len(app.already_written("s"))
+        if done == 0:
+            for i in range(n // 2):
+                app.write_stream("s", i)
+            time.sleep(3600)
+        for i in range(done, n):
+            app.write_stream("s", i)
+        return done
+
+    @app.workflow(name="bench.recovered")
+    def recovered(n: int) -> int:
+        done = resumable(n)
+        app.close_stream("s")
+        return done
+
+    return app, recovered
+
+
+def role_victim(path: str, workflow_id: str, count: str, durability: str) -> None:
+    """Child: start the resumable workflow, say "started", and wait to be killed."""
+    app, recovered = recovery_app(path, durability)
+    app.launch()
+    with litedur.SetWorkflowID(workflow_id):
+        app.start_workflow(recovered, int(count))
+    print("started", flush=True)
+    time.sleep(3600)
+
+
+def role_recoverer(path: str, workflow_id: str, durability: str) -> None:
+    """Child: launch() (which recovers the workflow), print when launch returned, wait for the end."""
+    app, _ = recovery_app(path, durability)
+    app.launch()
+    print(f"launched {time.monotonic_ns()}", flush=True)
+    app.retrieve_workflow(workflow_id).get_result(timeout=60)
+    app.shutdown()
+
+
+def w5(ctx: Context) -> list[Figure]:
+    count, half = ctx.size("w5"), ctx.size("w5") // 2
+    path = ctx.db("w5")
+    with child("victim", path, "w5", count, ctx.durability) as victim:
+        expect_line(victim, "started")
+        with litedur.Client(path) as client:
+            reader = client.read_stream("w5", "s", timeout=30)
+            values = [next(reader) for _ in range(half)]
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            with child("recoverer", path, "w5", ctx.durability) as recoverer:
+                values.append(next(reader))
+                seen = time.monotonic_ns()
+                values.extend(reader)
+                launched = int(expect_line(recoverer, "launched"))
+                reap(recoverer)
+    if values != list(range(count)):
+        raise RuntimeError(f"the reader did not get 0..{count - 1} exactly once: {len(values)} values")
+    return [Figure("w5", "W5", f"launch() returned -> first new value (killed at {half:,}/{count:,})",
+                   "ms", (seen - launched) / 1e6, target=Target("<=", 50))]  # fmt: skip
+
+
+def w6(ctx: Context) -> list[Figure]:
+    count, tail = ctx.size("w6"), ctx.size("w6_tail")
+    path = ctx.db("w6")
+    rate = stream_write_rate(path, count, ctx.durability, grouped=True)
+    assert rate is not None
+    with litedur.Client(path) as client:
+        workflow_id = client.list_workflows(limit=1)[0].workflow_id
+        started = time.perf_counter()
+        reader = client.read_stream(workflow_id, "s", start=count - tail)
+        first = next(reader)
+        first_ms = (time.perf_counter() - started) * 1000
+        reader.close()
+    if first != VALUE:
+        raise RuntimeError(f"read {first!r} at offset {count - tail}")
+    per_value = disk_bytes(path) / count
+
+    readers, live = ctx.size("w6_readers"), ctx.size("w6_live")
+    path = ctx.db("w6-live")
+    litedur.Engine(path).shutdown()
+    cpu: list[float] = []
+    got: list[int] = []
+    ready = threading.Barrier(readers + 1)
+
+    def follow(client: litedur.Client) -> None:
+        reader = client.read_stream("live", "t", timeout=30)
+        ready.wait()
+        started = time.thread_time()
+        n = sum(1 for _ in reader)
+        cpu.append(time.thread_time() - started)
+        got.append(n)
+
+    with child("paced-writer", path, "live", live, 1 / RATE, ctx.durability) as writer, litedur.Client(path) as client:
+        expect_line(writer, "ready")
+        threads = [threading.Thread(target=follow, args=(client,)) for _ in range(readers)]
+        for thread in threads:
+            thread.start()
+        ready.wait()
+        send_go(writer)
+        for thread in threads:
+            thread.join()
+        reap(writer)
+    if got != [live] * readers:
+        raise RuntimeError(f"live readers got {sorted(set(got))} values, expected {live}")
+    normal = ctx.normal
+    return [
+        Figure("w6.rate", "W6", f"sustained write rate, {count:,} values ({ctx.durability})", "values/s", rate,
+               vs=f"raw.{ctx.durability}"),
+        Figure("w6.first", "W6", f"first value read at offset {count - tail:,}", "ms", first_ms,
+               target=Target("<=", 5) if normal else None),
+        Figure("w6.bytes", "W6", "bytes on disk per five-byte value", "bytes", per_value,
+               target=Target("<=", 40) if normal else None),
+        Figure("w6.readers", "W6", f"{readers} readers on one live stream ({live:,} values): CPU",
+               "s", sum(cpu)),
+    ]  # fmt: skip
+
+
+def best_wall(command: list[str], times: int) -> float:
+    best = float("inf")
+    for _ in range(times):
+        started = time.perf_counter()
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def importtime_ms(times: int) -> float:
+    """Cumulative import time of the litedur package (python -X importtime), best of ``times``."""
+    best = float("inf")
+    for _ in range(times):
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import litedur"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        for line in result.stderr.splitlines():
+            parts = line.split("|")
+            if len(parts) == 3 and parts[2].strip() == "litedur":
+                best = min(best, int(parts[1]) / 1000)
+    return best
+
+
+def w_import(ctx: Context) -> list[Figure]:
+    times = ctx.size("imports")
+    python = sys.executable
+    subprocess.run([python, "-c", "import litedur"], check=True)  # writes the .pyc files if they are stale
+    wall = best_wall([python, "-c", "import litedur"], times) - best_wall([python, "-c", "pass"], times)
+    script = Path(python).with_name("litedur")
+    cli = best_wall([str(script), "--help"], times) * 1000 if script.exists() else None
+    target = Target("<=", 60)
+    return [
+        Figure("import.importtime", "IMPORT", f"import litedur, -X importtime cumulative (best of {times})", "ms",
+               importtime_ms(times), target=target),
+        Figure("import.wall", "IMPORT", f"python -c 'import litedur' minus -c pass (best of {times})", "ms",
+               wall * 1000, target=target),
+        Figure("import.cli", "IMPORT", f"litedur --help, wall (best of {times})", "ms", cli),
+    ]  # fmt: skip
+
+
+RUNNERS: dict[str, Callable[[Context], list[Figure]]] = {
+    "RAW": w_raw, "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "IMPORT": w_import,
+}  # fmt: skip
+ROLES: dict[str, Callable[..., None]] = {
+    "paced-writer": role_paced_writer, "raw-writer": role_raw_writer,
+    "victim": role_victim, "recoverer": role_recoverer,
+}  # fmt: skip
+
+
+# ---- the driver ---------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{platform.system()} {platform.machine()}, nproc {nproc}, Python {platform.python_version()}, "
+        f"SQLite {apsw.sqlite_lib_version()} (apsw {apsw.apsw_version()})"
+    )
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def revision() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "../litedur"],
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{rev}{' + local changes to litedur/' if dirty else ''}"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="litedur benchmark suite (issue 6)")
+    parser.add_argument("--quick", action="store_true", help="one round at tiny sizes: checks the suite runs")
+    parser.add_argument("--only", default="", help=f"comma-separated workloads among {','.join(WORKLOADS)}")
+    parser.add_argument("--repeat", type=int, default=None, help="rounds (default 3, --quick 1)")
+    parser.add_argument("--durability", choices=("normal", "full"), default="normal")
+    parser.add_argument("--dir", default=None, help="where to create the databases (default: a temporary dir)")
+    args = parser.parse_args(argv)
+    chosen = [name.strip().upper() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(WORKLOADS))
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose among {', '.join(WORKLOADS)}")
+    args.workloads = [w for w in WORKLOADS if w == "RAW" or not chosen or w in chosen]
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--role"]:
+        ROLES[argv[1]](*argv[2:])
+        return 0
+    args = parse_args(argv)
+    os.environ.pop("LITEDUR_WAIT", None)  # W2 sets it where it compares polling; nothing else may poll
+    command = "python benchmarks/run.py " + " ".join(argv)
+    load_before = load_average()
+    root = Path(tempfile.mkdtemp(prefix="litedur-bench-", dir=args.dir))
+    ctx = Context(SIZES["quick" if args.quick else "default"], args.durability, root)
+    rows: dict[str, Row] = {}
+    failures: dict[str, str] = {}
+    started = time.monotonic()
+    try:
+        for round_number in range(1, args.repeat + 1):
+            for workload in args.workloads:
+                print(f"[round {round_number}/{args.repeat}] {workload} ...", file=sys.stderr, flush=True)
+                gc.collect()
+                try:
+                    figures = RUNNERS[workload](ctx)
+                except Exception as exc:
+                    traceback.print_exc()
+                    failures.setdefault(workload, f"{type(exc).__name__}: {exc}")
+                    continue
+                for f in figures:
+                    row = rows.setdefault(f.key, Row(f.workload, f.label, f.unit, f.vs, f.target, f.short or f.label))
+                    if f.value is not None:
+                        row.samples.append(f.value)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    elapsed = time.monotonic() - started
+
+    print(f"litedur benchmarks: {command.strip()}")
+    print(f"machine: {machine()}; litedur {litedur.__version__} at {revision()}")
+    print(f"load average (1, 5, 15 min): {load_before} before, {load_average()} after; {elapsed:.0f} s")
+    print(f"{args.repeat} round(s); durability {args.durability}; ratio: median / median of the raw figure named")
+    print(
+        "targets: issue 6's and issue 3's; a throughput target is also shown as a ratio to raw, using the "
+        f"{ISSUE_RAW_NORMAL:,} raw one-row commits/s that issue 6 measured when it set it"
+    )
+    print()
+    lines = summary_lines(rows)
+    for workload in args.workloads:
+        if workload in failures:
+            lines.append(f"{workload:<6} ERROR: {failures[workload]}")
+    print("\n".join(lines))
+    print()
+    print(f"Machine: {machine()}. Load average before {load_before}. Command: `{command.strip()}`")
+    print()
+    print("\n".join(markdown(rows)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
