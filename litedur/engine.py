@@ -501,9 +501,10 @@ class Engine(Client):
     def write_stream(self, key: str, value: Any) -> None:
         """Append ``value`` to the stream ``key`` of the current workflow, durably.
 
-        In a step the value is tagged with the step's position and attempt and committed within
-        about a millisecond (at once with ``group_writes=False``); the step's output is recorded
-        only after all its values are committed. In a workflow body the write is a checkpoint,
+        In a step the value is tagged with the step's position and attempt. A value of a burst is
+        committed with its neighbours within about a millisecond, one that comes alone before this
+        returns (every value, with ``group_writes=False``); the step's output is recorded only
+        after all its values are committed. In a workflow body the write is a checkpoint,
         committed before this returns and not repeated on replay.
         """
         if type(key) is not str:
@@ -520,8 +521,7 @@ class Engine(Client):
         stream_id = run.stream_ids.get(key)
         if stream_id is None:
             stream_id = self._open_for_writing(run, key)
-        if self._writer is not None:
-            self._writer.append(run.workflow_id, key, step.position, step.attempt, encoded)
+        if self._writer is not None and self._writer.append(run.workflow_id, key, step.position, step.attempt, encoded):
             return
         if not self._storage.append_one(stream_id, encoded, step.position, step.attempt):
             run.stream_ids.pop(key, None)

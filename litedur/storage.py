@@ -25,6 +25,7 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x4C544452  # "LTDR"
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
+MAX_REMEMBERED_OFFSETS = 4096  # streams whose next offset append_one keeps in memory
 
 OPEN, CLOSED_BY_WORKFLOW, CLOSED_BY_TERMINATION = 0, 1, 2
 END_OF_STREAM = -1  # encoding of the entry that closing a stream appends after its last value
@@ -146,6 +147,7 @@ class EntryRow(NamedTuple):
 
 _WORKFLOW_COLUMNS = ", ".join(WorkflowRow._fields)
 _STEP_COLUMNS = ", ".join(StepRow._fields)
+_INSERT_STEP = f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class SQLiteStorage:
@@ -160,6 +162,7 @@ class SQLiteStorage:
         self._connections: list[apsw.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._next_offsets: dict[int, int] = {}  # stream_id -> next offset, for append_one
         self._closed = False
         is_new = _check_path(self.path, create)
         if is_new:
@@ -480,8 +483,11 @@ class SQLiteStorage:
 
     def record_step(self, row: StepRow) -> None:
         """Record a step's output or final error; fails if the position is already recorded."""
-        with self._write(f"record step {row.position} of {row.workflow_id!r}") as conn:
-            conn.execute(f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        with self._write_lock:
+            try:
+                self._connection().execute(_INSERT_STEP, row)  # one statement: its own transaction
+            except apsw.Error as exc:
+                raise self._database_error(f"record step {row.position} of {row.workflow_id!r}", exc) from exc
 
     def list_steps(self, workflow_id: str) -> list[StepRow]:
         """A workflow's recorded steps in position order."""
@@ -515,7 +521,7 @@ class SQLiteStorage:
                 raise StreamClosedError(f"stream {key!r} of workflow {workflow_id!r} is closed")
             _insert_entries(conn, StreamGroup(workflow_id, key, position, attempt, list(values)), stream_id, offset)
             if checkpoint is not None:
-                conn.execute(f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", checkpoint)
+                conn.execute(_INSERT_STEP, checkpoint)
         return offset
 
     def open_stream(self, workflow_id: str, key: str) -> tuple[int, bool]:
@@ -527,20 +533,46 @@ class SQLiteStorage:
     def append_one(self, stream_id: int, encoded: tuple[int, Any], position: int, attempt: int) -> bool:
         """Append one value to an existing stream in its own transaction; False if the stream is closed.
 
-        The hot path of unbatched writes: one statement computes the offset, checks the stream is
-        open and inserts, so a commit costs little more than a raw one-row transaction.
+        The hot path of unbatched writes. This process remembers the next offset of each stream it
+        appended to, so a value usually costs one autocommitted insert, like a raw one-row
+        transaction. Entries are never deleted, so a remembered offset can only be stale by being
+        too low (another process appended, or the stream was closed by an end-of-stream entry):
+        the primary key then refuses the insert, and the slow path reads the real end.
         """
+        row = (stream_id, self._next_offsets.get(stream_id, -1), encoded[0], encoded[1], position, attempt)
         with self._write_lock:
             conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(_APPEND_ONE, (stream_id, encoded[0], encoded[1], position, attempt, stream_id, stream_id))
-                appended = conn.changes() == 1
-                conn.execute("COMMIT")
-            except apsw.Error as exc:
-                if not conn.get_autocommit():
-                    conn.execute("ROLLBACK")
-                raise self._database_error("append to a stream", exc) from exc
+            if row[1] >= 0:
+                try:
+                    conn.execute(_INSERT_ENTRY, row)
+                    self._next_offsets[stream_id] = row[1] + 1
+                    return True
+                except apsw.ConstraintError:
+                    pass
+                except apsw.Error as exc:
+                    raise self._database_error("append to a stream", exc) from exc
+            return self._append_at_end(conn, row)
+
+    def _append_at_end(self, conn: apsw.Connection, row: tuple[Any, ...]) -> bool:
+        stream_id = row[0]
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            last = conn.execute(_LAST_ENTRY, (stream_id,)).fetchall()
+            appended = not last or last[0][1] != END_OF_STREAM
+            if appended:
+                offset = last[0][0] + 1 if last else 0
+                conn.execute(_INSERT_ENTRY, (stream_id, offset, *row[2:]))
+            conn.execute("COMMIT")
+        except apsw.Error as exc:
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+            raise self._database_error("append to a stream", exc) from exc
+        if len(self._next_offsets) >= MAX_REMEMBERED_OFFSETS:
+            self._next_offsets.clear()
+        if appended:
+            self._next_offsets[stream_id] = offset + 1
+        else:
+            self._next_offsets.pop(stream_id, None)
         return appended
 
     def append_groups(self, groups: Sequence[StreamGroup]) -> dict[str, BaseException]:
@@ -691,10 +723,9 @@ def _fetch_workflow(conn: apsw.Connection, workflow_id: str) -> WorkflowRow | No
 
 _NEXT_OFFSET = "SELECT coalesce(max(offset) + 1, 0) FROM stream_entries e WHERE e.stream_id = s.stream_id"
 
-_APPEND_ONE = (
-    "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
-    "SELECT ?, coalesce(max(offset) + 1, 0), ?, ?, ?, ? FROM stream_entries WHERE stream_id = ? "
-    f"AND NOT EXISTS (SELECT 1 FROM streams WHERE stream_id = ? AND closed != {OPEN})"
+_LAST_ENTRY = "SELECT offset, encoding FROM stream_entries WHERE stream_id = ? ORDER BY offset DESC LIMIT 1"
+_INSERT_ENTRY = (
+    "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -713,7 +744,7 @@ def _open_stream(conn: apsw.Connection, workflow_id: str, key: str) -> tuple[int
 def _insert_entries(conn: apsw.Connection, group: StreamGroup, stream_id: int, offset: int) -> None:
     position, attempt = group.position, group.attempt
     conn.executemany(
-        "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) VALUES (?, ?, ?, ?, ?, ?)",
+        _INSERT_ENTRY,
         [(stream_id, at, enc, data, position, attempt) for at, (enc, data) in enumerate(group.values, offset)],
     )
 

@@ -1,9 +1,10 @@
 """Durable streams: the grouped writer, and readers that follow a stream in order, live, across crashes.
 
-`StreamWriter` commits the values steps write in groups from one background thread: a write returns
-at once, the thread commits whatever has accumulated in one transaction (so values are visible
-within about a millisecond, and a busy writer gets many values per commit), and a step's output is
-recorded only after `StreamWriter.flush` has committed every value of that step.
+`StreamWriter` commits the values steps write in groups from one background thread: a write in a
+burst returns at once, the thread commits whatever has accumulated in one transaction (so values are
+visible within about a millisecond, and a busy writer gets many values per commit), and a step's
+output is recorded only after `StreamWriter.flush` has committed every value of that step. A value
+that comes alone (a slow producer) is committed in the caller's thread before the write returns.
 
 A reader asks storage for entries from its offset in one snapshot that also says whether the stream
 has ended (closed, or its workflow reached a final status). When there is nothing new it waits on the
@@ -27,6 +28,7 @@ from .wakeup import ChangeFeed
 
 BATCH = 1000
 MAX_PENDING = 100_000
+QUIET_GAP = 0.001  # a value written this long after the previous one is committed at once, not queued
 
 
 def check_key(key: Any) -> str:
@@ -175,14 +177,25 @@ class StreamWriter:
         self._pending: list[tuple[str, str, int, int, tuple[int, Any]]] = []
         self._queued = 0
         self._committed = 0
+        self._last_append = float("-inf")
         self._last_queued: dict[str, int] = {}
         self._failures: dict[str, BaseException] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
 
-    def append(self, workflow_id: str, key: str, position: int, attempt: int, encoded: tuple[int, Any]) -> None:
-        """Queue one value; it is committed within about a millisecond."""
+    def append(self, workflow_id: str, key: str, position: int, attempt: int, encoded: tuple[int, Any]) -> bool:
+        """Queue one value to be committed within about a millisecond; True if queued.
+
+        False means "commit it yourself, now": the value comes alone (nothing queued or being
+        committed, and no write in the last ``QUIET_GAP`` seconds), so a commit in the caller's
+        thread is cheaper and reaches readers sooner than waking the writer thread. Bursts queue.
+        """
+        now = time.monotonic()
         with self._condition:
+            alone = now - self._last_append >= QUIET_GAP and self._committed == self._queued
+            self._last_append = now
+            if alone:
+                return False
             if self._thread is None:
                 self._start()
             while len(self._pending) >= MAX_PENDING:
@@ -192,6 +205,7 @@ class StreamWriter:
             self._last_queued[workflow_id] = self._queued
             if len(self._pending) == 1:
                 self._condition.notify_all()
+        return True
 
     def flush(self, workflow_id: str) -> None:
         """Wait until every value queued for ``workflow_id`` is committed; raise what failed, if anything."""

@@ -62,8 +62,11 @@ class Codec:
 
     def encode(self, value: Any) -> tuple[int, str | bytes]:
         """Return ``(encoding, data)``; raise SerializationError naming the type if impossible."""
-        if type(value) is str:
+        kind = type(value)
+        if kind is str:
             return TEXT, value
+        if kind is int:
+            return JSON, str(value)
         if is_exact_json(value):
             return JSON, _json_encoder.encode(value)
         try:

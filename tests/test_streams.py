@@ -106,6 +106,34 @@ def test_offsets_are_dense_from_zero_per_workflow_and_key_under_concurrent_write
         assert streams == {"a": 41, "b": 41}
 
 
+def test_one_commit_per_value_stays_dense_when_another_connection_appends_or_closes(db):
+    """append_one remembers each stream's next offset; a stale one must never leave a gap or pass a close."""
+    from litedur.storage import SQLiteStorage
+
+    with litedur.Engine(db) as app:
+
+        @app.workflow(name="holder")
+        def holder() -> None:
+            app.write_stream("other", "x")
+
+        with litedur.SetWorkflowID("w"):
+            holder()
+    first, second = SQLiteStorage(db), SQLiteStorage(db)
+    try:
+        stream_id, closed = first.open_stream("w", KEY)
+        assert not closed
+        assert [first.append_one(stream_id, (0, f"a{i}"), 0, 1) for i in range(3)] == [True] * 3
+        assert second.append_one(stream_id, (0, "b3"), 0, 1)  # `first` still expects offset 3 next
+        assert first.append_one(stream_id, (0, "a4"), 0, 1)
+        second.close_stream("w", KEY)
+        assert first.append_one(stream_id, (0, "after close"), 0, 1) is False
+    finally:
+        first.close()
+        second.close()
+    expected = list(enumerate(["a0", "a1", "a2", "b3", "a4"]))
+    assert [entry[:2] for entry in stream_entries(db, "w", KEY)] == expected
+
+
 def test_values_of_every_kind_come_back_equal_and_json_stays_plain(app, db):
     values = ["tok", "", 7, 2.5, True, None, [1, "x"], {"k": [None, 1.5]}, (1, 2), {1: "int key"}, b"raw"]
 
@@ -420,6 +448,27 @@ def test_a_reader_sees_values_committed_by_its_own_thread(app):
 
     with litedur.SetWorkflowID("reads-itself"):
         assert flow() == [0, 1, 2]
+
+
+def test_a_step_value_that_comes_alone_is_committed_before_write_stream_returns(app, db):
+    """Grouping is for bursts: after a quiet gap a step's value is on disk when write_stream returns."""
+    from litedur.streams import QUIET_GAP
+
+    @app.step()
+    def slow_producer() -> list:
+        on_disk = []
+        for i in range(3):
+            time.sleep(QUIET_GAP * 5)  # the gap itself is what is tested, not a synchronisation
+            app.write_stream(KEY, i)
+            on_disk.append([entry[1] for entry in stream_entries(db, "slow", KEY)])
+        return on_disk
+
+    @app.workflow()
+    def flow() -> list:
+        return slow_producer()
+
+    with litedur.SetWorkflowID("slow"):
+        assert flow() == [[0], [0, 1], [0, 1, 2]]
 
 
 def test_async_reader_reads_live_without_blocking_the_event_loop(app):
