@@ -259,6 +259,9 @@ class Client:
         )
 
     def _await_result(self, workflow_id: str, timeout: float | None) -> Any:
+        row = self._workflow_row(workflow_id)
+        if row.status in FINAL_STATUSES:  # the common case costs one read and no wake-up descriptors
+            return self._result_of(row)
         deadline = None if timeout is None else time.monotonic() + timeout
         waiter = self._feed.waiter(self._wait_mode)
         try:

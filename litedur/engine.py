@@ -13,14 +13,11 @@ import contextlib
 import contextvars
 import functools
 import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import liveness
 from .client import FINAL_STATUSES, Client, WorkflowHandle, _check_path_type
@@ -36,6 +33,9 @@ from .errors import (
 from .storage import WRITE_STREAM_STEP, StepRow, WorkflowRow
 from .streams import StreamWriter, check_key
 from .values import JSON, Serializer
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -60,6 +60,7 @@ class _Run:
     next_position: int = 0
     step: _StepRun | None = None
     stream_ids: dict[str, int] = field(default_factory=dict)
+    has_streams: bool = True  # False while a fresh run has not created any stream yet
 
     def take_position(self) -> int:
         position = self.next_position
@@ -137,7 +138,7 @@ class Engine(Client):
         if type(max_workers) is not int or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, not {max_workers!r}")
         self._open(_check_path_type(path), serializer, True, wait, create=True, durability=durability)
-        self.executor_id = executor_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.executor_id = executor_id or f"{_hostname()}-{os.getpid()}-{os.urandom(4).hex()}"
         self._max_workers = max_workers
         self._workflows: dict[str, _WorkflowSpec] = {}
         self._executor: _Executor | None = None
@@ -298,7 +299,7 @@ class Engine(Client):
         if chosen is not None:
             _next_workflow_id.set(None)
             return chosen
-        return str(uuid.uuid4())
+        return _random_uuid()
 
     def _spec_of(self, fn: Any) -> _WorkflowSpec:
         spec = getattr(fn, "__litedur_workflow__", None)
@@ -370,6 +371,8 @@ class Engine(Client):
     ) -> None:
         with self._lock:  # held until the future is registered, so the run cannot forget it first
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="litedur-workflow")
             executor.running[workflow_id] = self._pool.submit(
                 self._execute_quietly, spec, workflow_id, args, kwargs, executor, fresh
@@ -391,7 +394,7 @@ class Engine(Client):
         """Run (or replay) a workflow body this executor owns and record its final status."""
         try:
             checkpoints, attempts = ({}, {}) if fresh else self._storage.load_checkpoints(workflow_id)
-            run = _Run(self, workflow_id, checkpoints, attempts)
+            run = _Run(self, workflow_id, checkpoints, attempts, has_streams=not fresh)
             token = _current_run.set(run)
             try:
                 result = spec.fn(*args, **kwargs)
@@ -399,16 +402,19 @@ class Engine(Client):
                 # If the error cannot be recorded either (the disk is still full, ...), the caller gets
                 # the first error, not that one, and the workflow stays PENDING for recovery.
                 with contextlib.suppress(DatabaseError):
-                    self._storage.finish_workflow(workflow_id, "ERROR", error=self._codec.encode_error(exc))
+                    self._storage.finish_workflow(
+                        workflow_id, "ERROR", error=self._codec.encode_error(exc), has_streams=run.has_streams
+                    )
                 raise
             finally:
                 _current_run.reset(token)
             try:
                 output = self._codec.encode(result)
             except SerializationError as exc:
-                self._storage.finish_workflow(workflow_id, "ERROR", error=self._codec.encode_error(exc))
+                error = self._codec.encode_error(exc)
+                self._storage.finish_workflow(workflow_id, "ERROR", error=error, has_streams=run.has_streams)
                 raise
-            self._storage.finish_workflow(workflow_id, "SUCCESS", output=output)
+            self._storage.finish_workflow(workflow_id, "SUCCESS", output=output, has_streams=run.has_streams)
             return result
         finally:
             self._forget_running(executor, workflow_id)
@@ -426,7 +432,7 @@ class Engine(Client):
             if self._executor is None:
                 lock = liveness.ExecutorLock(self.path, self.executor_id)
                 try:
-                    self._storage.register_executor(self.executor_id, os.getpid(), socket.gethostname())
+                    self._storage.register_executor(self.executor_id, os.getpid(), _hostname())
                 except BaseException:
                     lock.release()
                     raise
@@ -538,9 +544,11 @@ class Engine(Client):
         self._flush_stream_writes(run)
         now = time.time()
         checkpoint = StepRow(run.workflow_id, position, name, None, None, None, None, 1, now, now)
+        run.has_streams = True
         self._storage.append_stream(run.workflow_id, key, [encoded], position, 1, checkpoint)
 
     def _open_for_writing(self, run: _Run, key: str) -> int:
+        run.has_streams = True
         stream_id, closed = self._storage.open_stream(run.workflow_id, key)
         if closed:
             raise StreamClosedError(f"stream {key!r} of workflow {run.workflow_id!r} is closed")
@@ -556,6 +564,7 @@ class Engine(Client):
         check_key(key)
         run = self._current("close_stream")
         self._flush_stream_writes(run)
+        run.has_streams = True
         self._storage.close_stream(run.workflow_id, key)
         run.stream_ids.pop(key, None)
         self._feed.notify()
@@ -619,3 +628,20 @@ class Engine(Client):
     def is_final(self, workflow_id: str) -> bool:
         """True once the workflow has a final status."""
         return self._workflow_row(workflow_id).status in FINAL_STATUSES
+
+
+def _hostname() -> str:
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket  # Windows: a slower import, only there
+
+    return socket.gethostname()
+
+
+def _random_uuid() -> str:
+    """A random (version 4) UUID in its usual text form, without importing uuid (which is slow)."""
+    data = bytearray(os.urandom(16))
+    data[6] = data[6] & 0x0F | 0x40
+    data[8] = data[8] & 0x3F | 0x80
+    text = data.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

@@ -13,7 +13,6 @@ import os
 import stat
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -147,6 +146,14 @@ class EntryRow(NamedTuple):
 
 _WORKFLOW_COLUMNS = ", ".join(WorkflowRow._fields)
 _STEP_COLUMNS = ", ".join(StepRow._fields)
+_INSERT_WORKFLOW = (
+    f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (workflow_id) DO NOTHING"
+)
+_FINISH_WORKFLOW = (
+    "UPDATE workflows SET status = ?, output_encoding = ?, output = ?, error = ?, error_pickle = ?, updated_at = ? "
+    "WHERE workflow_id = ?"
+)
 _INSERT_STEP = f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -184,7 +191,9 @@ class SQLiteStorage:
             if self._closed:
                 raise DatabaseError(f"database {self.path} is closed")
             if self._immutable:  # read-only media: nobody can change it, and no -shm can be made
-                uri = f"file:{urllib.parse.quote(self.path)}?immutable=1"
+                from urllib.parse import quote
+
+                uri = f"file:{quote(self.path)}?immutable=1"
                 conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
             else:
                 conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
@@ -373,17 +382,19 @@ class SQLiteStorage:
     ) -> tuple[bool, WorkflowRow]:
         """Insert a PENDING workflow unless the id exists; atomically. Returns (created, row)."""
         now = time.time()
-        with self._write(f"create workflow {workflow_id!r}") as conn:
-            conn.execute(
-                "INSERT INTO workflows (workflow_id, name, status, inputs_encoding, inputs, "
-                "executor_id, created_at, updated_at) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?) "
-                "ON CONFLICT (workflow_id) DO NOTHING",
-                (workflow_id, name, inputs[0], inputs[1], executor_id, now, now),
-            )
-            created = conn.changes() == 1
-            row = _fetch_workflow(conn, workflow_id)
-        assert row is not None
-        return created, row
+        row = WorkflowRow(workflow_id, name, "PENDING", inputs[0], inputs[1], None, None, None, None,
+                          executor_id, 0, now, now)  # fmt: skip
+        with self._write_lock:
+            try:
+                conn = self._connection()
+                conn.execute(_INSERT_WORKFLOW, row)  # one statement: its own transaction
+                if conn.changes() == 1:
+                    return True, row
+            except apsw.Error as exc:
+                raise self._database_error(f"create workflow {workflow_id!r}", exc) from exc
+        existing = self.get_workflow(workflow_id)  # rows are never deleted: it is there
+        assert existing is not None
+        return False, existing
 
     def claim_workflow(
         self, workflow_id: str, previous_executor: str | None, executor_id: str, max_recoveries: int
@@ -418,16 +429,24 @@ class SQLiteStorage:
         status: str,
         output: tuple[int, Any] | None = None,
         error: tuple[str, bytes | None] | None = None,
+        has_streams: bool = True,
     ) -> None:
-        """Record a final status and close every open stream of the workflow, in one transaction."""
+        """Record a final status and close every open stream of the workflow, in one transaction.
+
+        ``has_streams=False`` (the caller knows the workflow never opened one) saves the search.
+        """
         encoding, value = output if output is not None else (None, None)
         description, pickled = error if error is not None else (None, None)
+        values = (status, encoding, value, description, pickled, time.time(), workflow_id)
+        if not has_streams:
+            with self._write_lock:
+                try:
+                    self._connection().execute(_FINISH_WORKFLOW, values)  # one statement: its own transaction
+                except apsw.Error as exc:
+                    raise self._database_error(f"finish workflow {workflow_id!r}", exc) from exc
+            return
         with self._write(f"finish workflow {workflow_id!r}") as conn:
-            conn.execute(
-                "UPDATE workflows SET status = ?, output_encoding = ?, output = ?, error = ?, "
-                "error_pickle = ?, updated_at = ? WHERE workflow_id = ?",
-                (status, encoding, value, description, pickled, time.time(), workflow_id),
-            )
+            conn.execute(_FINISH_WORKFLOW, values)
             _close_open_streams(conn, workflow_id)
 
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:

@@ -14,7 +14,6 @@ value committed together with the final status is delivered first.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import deque
@@ -162,6 +161,8 @@ class AsyncStreamReader(AsyncIterator[Any]):
         return self
 
     async def __anext__(self) -> Any:
+        import asyncio  # here, not at module level: it costs more to import than all of litedur
+
         if not self._reader.buffered() and not await asyncio.to_thread(self._reader.fill):
             raise StopAsyncIteration
         return next(self._reader)

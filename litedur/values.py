@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import traceback
 from typing import Any, Protocol
 
 from .errors import RecordedError, SerializationError
@@ -115,7 +114,7 @@ class Codec:
             {
                 "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
                 "message": str(exc),
-                "traceback": "".join(traceback.format_exception(exc))[-4000:],
+                "traceback": _format_traceback(exc),
             }
         )
         try:
@@ -193,3 +192,9 @@ def _builtin_pickled_type(data: bytes) -> str:
         if name == "BYTEARRAY8":
             return "bytearray"
     return "object"
+
+
+def _format_traceback(exc: BaseException) -> str:
+    import traceback  # only when an error is recorded: a slow import for a rare path
+
+    return "".join(traceback.format_exception(exc))[-4000:]

@@ -15,14 +15,13 @@ spurious event costs time, never correctness, and a notified wait still ends aft
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import select
 import struct
 import sys
 import threading
 import time
+from typing import Any
 
 SAFETY_NET = 1.0
 SETTLE = 0.001
@@ -259,19 +258,31 @@ def _open_watch(db_path: str) -> _Watch | None:
     return None
 
 
-_libc_handle: ctypes.CDLL | None = None
+_libc_handle: Any = None
 
 
-def _libc() -> ctypes.CDLL | None:
+def _libc() -> Any:
+    """The C library through ctypes (imported here: most processes never wait on a stream)."""
     global _libc_handle
     if _libc_handle is None:
-        try:
-            handle = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            handle.inotify_init1  # noqa: B018 - AttributeError if absent
-        except (OSError, AttributeError):
-            return None
-        _libc_handle = handle
+        import ctypes
+
+        # The interpreter's own symbols include libc's; ctypes.util.find_library would run ldconfig.
+        for name in (None, "libc.so.6"):
+            try:
+                handle = ctypes.CDLL(name, use_errno=True)
+                handle.inotify_init1  # noqa: B018 - AttributeError if absent
+            except (OSError, AttributeError):
+                continue
+            _libc_handle = handle
+            break
     return _libc_handle
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 class _InotifyWatch(_Watch):
@@ -281,10 +292,10 @@ class _InotifyWatch(_Watch):
         self._names = {base.encode(), f"{base}-wal".encode()}
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+            raise OSError(_errno(), "inotify_init1 failed")
         mask = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_CREATE | _IN_MOVED_TO
         if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
-            errno = ctypes.get_errno()
+            errno = _errno()
             os.close(fd)
             raise OSError(errno, f"inotify_add_watch failed on {directory}")
         self._fd = fd

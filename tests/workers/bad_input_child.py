@@ -15,13 +15,19 @@ the closed stream "tokens" = ["Hello", " world"].
 
 from __future__ import annotations
 
+# asyncio, concurrent.futures, ctypes and traceback: litedur imports them only when first needed, and
+# the interpreter's library (under /root here) is unreadable once this child is the user nobody.
+import asyncio  # noqa: F401
+import concurrent.futures  # noqa: F401
 import contextlib
+import ctypes  # noqa: F401
 import json
 import os
 import resource
 import signal
 import subprocess
 import sys
+import traceback  # noqa: F401
 from collections.abc import Callable
 from typing import Any
 
