@@ -529,10 +529,11 @@ class Engine(Client):
             stream_id = self._open_for_writing(run, key)
         if self._writer is not None and self._writer.append(run.workflow_id, key, step.position, step.attempt, encoded):
             return
-        if not self._storage.append_one(stream_id, encoded, step.position, step.attempt):
+        offset = self._storage.append_one(stream_id, encoded, step.position, step.attempt)
+        if offset is None:
             run.stream_ids.pop(key, None)
             raise StreamClosedError(f"stream {key!r} of workflow {run.workflow_id!r} is closed")
-        self._feed.notify()
+        self._feed.publish([(stream_id, offset, [encoded])])
 
     def _write_checkpoint(self, run: _Run, key: str, encoded: tuple[int, Any]) -> None:
         name = f"{WRITE_STREAM_STEP}:{key}"

@@ -549,8 +549,8 @@ class SQLiteStorage:
             stream_id, _, closed = _open_stream(conn, workflow_id, key)
         return stream_id, closed != OPEN
 
-    def append_one(self, stream_id: int, encoded: tuple[int, Any], position: int, attempt: int) -> bool:
-        """Append one value to an existing stream in its own transaction; False if the stream is closed.
+    def append_one(self, stream_id: int, encoded: tuple[int, Any], position: int, attempt: int) -> int | None:
+        """Append one value to an existing stream in its own transaction; its offset, None if closed.
 
         The hot path of unbatched writes. This process remembers the next offset of each stream it
         appended to, so a value usually costs one autocommitted insert, like a raw one-row
@@ -565,14 +565,14 @@ class SQLiteStorage:
                 try:
                     conn.execute(_INSERT_ENTRY, row)
                     self._next_offsets[stream_id] = row[1] + 1
-                    return True
+                    return row[1]
                 except apsw.ConstraintError:
                     pass
                 except apsw.Error as exc:
                     raise self._database_error("append to a stream", exc) from exc
             return self._append_at_end(conn, row)
 
-    def _append_at_end(self, conn: apsw.Connection, row: tuple[Any, ...]) -> bool:
+    def _append_at_end(self, conn: apsw.Connection, row: tuple[Any, ...]) -> int | None:
         stream_id = row[0]
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -588,20 +588,24 @@ class SQLiteStorage:
             raise self._database_error("append to a stream", exc) from exc
         if len(self._next_offsets) >= MAX_REMEMBERED_OFFSETS:
             self._next_offsets.clear()
-        if appended:
-            self._next_offsets[stream_id] = offset + 1
-        else:
+        if not appended:
             self._next_offsets.pop(stream_id, None)
-        return appended
+            return None
+        self._next_offsets[stream_id] = offset + 1
+        return offset
 
-    def append_groups(self, groups: Sequence[StreamGroup]) -> dict[str, BaseException]:
+    def append_groups(
+        self, groups: Sequence[StreamGroup]
+    ) -> tuple[dict[str, BaseException], list[tuple[int, int, list[tuple[int, Any]]]]]:
         """Append several groups of values (each: one stream, one step attempt) in one transaction.
 
-        A group whose stream is closed is skipped; the returned dict maps its workflow id to a
-        StreamClosedError. Offsets stay dense: each stream's next offset is read inside the
-        transaction.
+        Returns ``(failures, placed)``: a group whose stream is closed is skipped and ``failures``
+        maps its workflow id to a StreamClosedError; ``placed`` says where the others went, as
+        ``(stream_id, first offset, values)``. Offsets stay dense: each stream's next offset is
+        read inside the transaction.
         """
         failures: dict[str, BaseException] = {}
+        placed: list[tuple[int, int, list[tuple[int, Any]]]] = []
         with self._write(f"append to {len(groups)} stream group(s)") as conn:
             for group in groups:
                 stream_id, offset, closed = _open_stream(conn, group.workflow_id, group.key)
@@ -611,7 +615,8 @@ class SQLiteStorage:
                     )
                     continue
                 _insert_entries(conn, group, stream_id, offset)
-        return failures
+                placed.append((stream_id, offset, group.values))
+        return failures, placed
 
     def close_stream(self, workflow_id: str, key: str) -> None:
         """Mark a stream closed by its workflow (creating it empty if needed); idempotent."""

@@ -98,6 +98,8 @@ class StreamReader(Iterator[Any]):
                 # The last read got everything visible; the waiter was armed before it, so any
                 # commit since then wakes the wait below at once. No need to ask the database again.
                 self._caught_up = False
+            elif self._take_published():
+                return True
             else:
                 self._waiter.arm()
                 fetched = self._fetch()
@@ -116,6 +118,13 @@ class StreamReader(Iterator[Any]):
                 )
             self._waiter.wait(deadline)
 
+    def _take_published(self) -> bool:
+        """Buffer values this process committed and handed over during the wait (no query)."""
+        values = self._waiter.take_published(self.offset + len(self._buffer))
+        decode, unpickle = self._codec.decode, self._unpickle
+        self._buffer.extend(decode(encoding, data, unpickle=unpickle) for encoding, data in values)
+        return bool(values)
+
     def _fetch(self) -> int:
         """Buffer what follows; returns how many values arrived. Sets ``_ended`` when the stream ends."""
         if self._stream_id is None:
@@ -123,6 +132,7 @@ class StreamReader(Iterator[Any]):
             if found is None:
                 raise WorkflowNotFoundError(self.workflow_id)
             self._stream_id, workflow_is_final = found
+            self._waiter.stream_id = self._stream_id
             if self._stream_id is None:
                 self._ended = workflow_is_final  # it ended without ever writing to this key
                 return 0
@@ -245,14 +255,16 @@ class StreamWriter:
                 batch, self._pending = self._pending, []
                 upto = self._queued
                 self._condition.notify_all()  # writers held back by MAX_PENDING may go on
-            failures = self._commit(batch)
+            failures, placed = self._commit(batch)
             with self._condition:
                 self._committed = upto
                 self._failures.update(failures)
                 self._condition.notify_all()
-            self._feed.notify()
+            self._feed.publish(placed)
 
-    def _commit(self, batch: list[tuple[str, str, int, int, tuple[int, Any]]]) -> dict[str, BaseException]:
+    def _commit(
+        self, batch: list[tuple[str, str, int, int, tuple[int, Any]]]
+    ) -> tuple[dict[str, BaseException], list[tuple[int, int, list[tuple[int, Any]]]]]:
         groups: list[StreamGroup] = []
         for workflow_id, key, position, attempt, encoded in batch:
             last = groups[-1] if groups else None
@@ -263,4 +275,4 @@ class StreamWriter:
         try:
             return self._storage.append_groups(groups)
         except Exception as exc:  # e.g. disk full: every step in the batch learns it at its flush
-            return {group.workflow_id: exc for group in groups}
+            return {group.workflow_id: exc for group in groups}, []

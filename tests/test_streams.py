@@ -122,11 +122,11 @@ def test_one_commit_per_value_stays_dense_when_another_connection_appends_or_clo
     try:
         stream_id, closed = first.open_stream("w", KEY)
         assert not closed
-        assert [first.append_one(stream_id, (0, f"a{i}"), 0, 1) for i in range(3)] == [True] * 3
-        assert second.append_one(stream_id, (0, "b3"), 0, 1)  # `first` still expects offset 3 next
-        assert first.append_one(stream_id, (0, "a4"), 0, 1)
+        assert [first.append_one(stream_id, (0, f"a{i}"), 0, 1) for i in range(3)] == [0, 1, 2]
+        assert second.append_one(stream_id, (0, "b3"), 0, 1) == 3  # `first` still expects offset 3 next
+        assert first.append_one(stream_id, (0, "a4"), 0, 1) == 4
         second.close_stream("w", KEY)
-        assert first.append_one(stream_id, (0, "after close"), 0, 1) is False
+        assert first.append_one(stream_id, (0, "after close"), 0, 1) is None
     finally:
         first.close()
         second.close()
@@ -469,6 +469,34 @@ def test_a_step_value_that_comes_alone_is_committed_before_write_stream_returns(
 
     with litedur.SetWorkflowID("slow"):
         assert flow() == [[0], [0, 1], [0, 1, 2]]
+
+
+def test_in_process_readers_get_every_value_once_from_bursts_and_lone_writes(app):
+    """Readers in the writer's process take committed values from memory: same order, own copies."""
+    from litedur.streams import QUIET_GAP
+
+    @app.step()
+    def produce(rounds: int) -> None:
+        for i in range(rounds):
+            for j in range(i % 7):  # a burst, committed in groups by the writer thread
+                app.write_stream(KEY, [i, j])
+            time.sleep(QUIET_GAP * 2)  # then a pause, so the next value comes alone
+            app.write_stream(KEY, [i, "alone"])
+
+    @app.workflow()
+    def flow(rounds: int) -> None:
+        produce(rounds)
+
+    rounds = 60
+    expected = [[i, j] for i in range(rounds) for j in [*range(i % 7), "alone"]]
+    with litedur.SetWorkflowID("handover"):
+        handle = app.start_workflow(flow, rounds)
+    readers = [ReaderThread(app.read_stream("handover", KEY, timeout=10)) for _ in range(3)]
+    handle.get_result(timeout=30)
+    got = [reader.result() for reader in readers]
+    assert all(values == expected for values in got)
+    got[0][0].append("changed by one reader")
+    assert got[1][0] == [0, "alone"], "readers must not share decoded objects"
 
 
 def test_async_reader_reads_live_without_blocking_the_event_loop(app):
