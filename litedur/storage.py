@@ -644,31 +644,30 @@ class SQLiteStorage:
             return None
         return rows[0][0], rows[0][1] not in ACTIVE_STATUSES
 
-    def read_entries(self, stream_id: int, offset: int, limit: int) -> tuple[list[EntryRow], bool]:
-        """``(entries, ended)``: up to ``limit`` values from ``offset``, and whether the stream ends there.
+    def read_values(
+        self, stream_id: int, offset: int, limit: int, first_read: bool = False
+    ) -> tuple[list[tuple[int, Any]], bool]:
+        """``(values, ended)``: up to ``limit`` encoded values from ``offset``, and whether the stream
+        ends after them.
 
         Closing a stream (by the workflow or by its termination) appends an end-of-stream entry in
         the same transaction, so one range scan of one table tells a reader both what is new and
-        whether that is all: the cheapest possible check after a wake-up.
+        whether that is all: the cheapest possible check after a wake-up. A reader's ``first_read``
+        also learns whether it starts past the end of a closed stream (one more index seek).
         """
-        with self._translate_errors("read a stream"):
-            rows = self._connection().execute(
-                "SELECT offset, encoding, value, position, attempt FROM stream_entries "
-                "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
-                (stream_id, offset, limit),
-            ).fetchall()
-            if not rows and offset > 0:
-                # A reader that starts past the end of a closed stream ends too (one index seek).
-                rows = self._connection().execute(
-                    "SELECT offset, encoding, value, position, attempt FROM stream_entries "
-                    "WHERE stream_id = ? AND offset < ? ORDER BY offset DESC LIMIT 1",
-                    (stream_id, offset),
-                ).fetchall()
-                if not rows or rows[0][1] != END_OF_STREAM:
-                    rows = []
-        if rows and rows[-1][1] == END_OF_STREAM:
-            return [EntryRow(*row) for row in rows[:-1]], True
-        return [EntryRow(*row) for row in rows], False
+        try:
+            conn = self._connection()
+            rows = conn.execute(_READ_VALUES, (stream_id, offset, limit)).fetchall()
+            if not rows and first_read and offset > 0:
+                last = conn.execute(_LAST_ENTRY, (stream_id,)).fetchall()
+                ended = bool(last) and last[0][1] == END_OF_STREAM and last[0][0] < offset
+                return [], ended
+        except apsw.Error as exc:
+            raise self._database_error("read a stream", exc) from exc
+        if rows and rows[-1][0] == END_OF_STREAM:
+            del rows[-1]
+            return rows, True
+        return rows, False
 
     def earlier_attempt_values(
         self, workflow_id: str, key: str, position: int, attempt: int
@@ -747,6 +746,7 @@ def _fetch_workflow(conn: apsw.Connection, workflow_id: str) -> WorkflowRow | No
 
 _NEXT_OFFSET = "SELECT coalesce(max(offset) + 1, 0) FROM stream_entries e WHERE e.stream_id = s.stream_id"
 
+_READ_VALUES = "SELECT encoding, value FROM stream_entries WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?"
 _LAST_ENTRY = "SELECT offset, encoding FROM stream_entries WHERE stream_id = ? ORDER BY offset DESC LIMIT 1"
 _INSERT_ENTRY = (
     "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) VALUES (?, ?, ?, ?, ?, ?)"

@@ -69,6 +69,7 @@ class StreamReader(Iterator[Any]):
         self._ended = False
         self._stream_id: int | None = None
         self._caught_up = False
+        self._read_before = False
         if storage.get_workflow(workflow_id) is None:
             raise WorkflowNotFoundError(workflow_id)
         self._waiter = feed.waiter(wait)
@@ -136,10 +137,13 @@ class StreamReader(Iterator[Any]):
             if self._stream_id is None:
                 self._ended = workflow_is_final  # it ended without ever writing to this key
                 return 0
-        entries, self._ended = self._storage.read_entries(self._stream_id, self.offset + len(self._buffer), BATCH)
+        first_read, self._read_before = not self._read_before, True
+        values, self._ended = self._storage.read_values(
+            self._stream_id, self.offset + len(self._buffer), BATCH, first_read
+        )
         decode, unpickle = self._codec.decode, self._unpickle
-        self._buffer.extend(decode(e.encoding, e.value, unpickle=unpickle) for e in entries)
-        return len(entries)
+        self._buffer.extend(decode(encoding, data, unpickle=unpickle) for encoding, data in values)
+        return len(values)
 
     def close(self) -> None:
         """Stop reading and release the reader's wake-up descriptors."""

@@ -37,6 +37,7 @@ _IN_CREATE = 0x100
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 _EVENT_HEADER = struct.Struct("iIII")
+_READ_SIZE = 65536
 
 
 class ChangeFeed:
@@ -336,7 +337,10 @@ class _InotifyWatch(_Watch):
         relevant = False
         with contextlib.suppress(BlockingIOError):
             while True:
-                relevant = self._concerns_database(os.read(self._fd, 65536)) or relevant
+                events = os.read(self._fd, _READ_SIZE)
+                relevant = self._concerns_database(events) or relevant
+                if len(events) < _READ_SIZE // 2:  # the queue is empty (no need for a failing read)
+                    break
         return relevant
 
     def _concerns_database(self, events: bytes) -> bool:
