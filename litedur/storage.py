@@ -169,6 +169,7 @@ class SQLiteStorage:
         self._connections: list[apsw.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._writer_conn: apsw.Connection | None = None
         self._next_offsets: dict[int, int] = {}  # stream_id -> next offset, for append_one
         self._closed = False
         is_new = _check_path(self.path, create)
@@ -186,24 +187,39 @@ class SQLiteStorage:
     # ---- connections and transactions -------------------------------------------------------
 
     def _connection(self) -> apsw.Connection:
+        """This thread's connection, for reads."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            if self._closed:
-                raise DatabaseError(f"database {self.path} is closed")
-            if self._immutable:  # read-only media: nobody can change it, and no -shm can be made
-                from urllib.parse import quote
+            conn = self._local.conn = self._open_connection()
+        return conn
 
-                uri = f"file:{quote(self.path)}?immutable=1"
-                conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-            else:
-                conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
-            conn.set_busy_handler(_BusyWait())
-            synchronous = "FULL" if self.durability == "full" else "NORMAL"
-            conn.execute(f"PRAGMA synchronous = {synchronous}")
-            conn.execute("PRAGMA foreign_keys = OFF")
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
+    def _writer(self) -> apsw.Connection:
+        """The connection every write of this process goes through, under ``_write_lock``.
+
+        One connection for all writers keeps its page cache warm: a connection whose cache another
+        connection's commit made stale re-reads the pages it touches.
+        """
+        conn = self._writer_conn
+        if conn is None:
+            conn = self._writer_conn = self._open_connection()
+        return conn
+
+    def _open_connection(self) -> apsw.Connection:
+        if self._closed:
+            raise DatabaseError(f"database {self.path} is closed")
+        if self._immutable:  # read-only media: nobody can change it, and no -shm can be made
+            from urllib.parse import quote
+
+            uri = f"file:{quote(self.path)}?immutable=1"
+            conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        else:
+            conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+        conn.set_busy_handler(_BusyWait())
+        synchronous = "FULL" if self.durability == "full" else "NORMAL"
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        with self._connections_lock:
+            self._connections.append(conn)
         return conn
 
     @contextlib.contextmanager
@@ -211,7 +227,7 @@ class SQLiteStorage:
         # Writers of this process queue on a lock (a fast hand-over) rather than in SQLite's busy
         # handler; only other processes' writers make SQLite wait.
         with self._write_lock, self._translate_errors(what):
-            conn = self._connection()
+            conn = self._writer()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -270,6 +286,7 @@ class SQLiteStorage:
             with contextlib.suppress(apsw.Error):
                 conn.close()
         self._local = threading.local()
+        self._writer_conn = None
 
     # ---- schema -----------------------------------------------------------------------------
 
@@ -386,7 +403,7 @@ class SQLiteStorage:
                           executor_id, 0, now, now)  # fmt: skip
         with self._write_lock:
             try:
-                conn = self._connection()
+                conn = self._writer()
                 conn.execute(_INSERT_WORKFLOW, row)  # one statement: its own transaction
                 if conn.changes() == 1:
                     return True, row
@@ -441,7 +458,7 @@ class SQLiteStorage:
         if not has_streams:
             with self._write_lock:
                 try:
-                    self._connection().execute(_FINISH_WORKFLOW, values)  # one statement: its own transaction
+                    self._writer().execute(_FINISH_WORKFLOW, values)  # one statement: its own transaction
                 except apsw.Error as exc:
                     raise self._database_error(f"finish workflow {workflow_id!r}", exc) from exc
             return
@@ -504,7 +521,7 @@ class SQLiteStorage:
         """Record a step's output or final error; fails if the position is already recorded."""
         with self._write_lock:
             try:
-                self._connection().execute(_INSERT_STEP, row)  # one statement: its own transaction
+                self._writer().execute(_INSERT_STEP, row)  # one statement: its own transaction
             except apsw.Error as exc:
                 raise self._database_error(f"record step {row.position} of {row.workflow_id!r}", exc) from exc
 
@@ -560,7 +577,7 @@ class SQLiteStorage:
         """
         row = (stream_id, self._next_offsets.get(stream_id, -1), encoded[0], encoded[1], position, attempt)
         with self._write_lock:
-            conn = self._connection()
+            conn = self._writer()
             if row[1] >= 0:
                 try:
                     conn.execute(_INSERT_ENTRY, row)
