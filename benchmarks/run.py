@@ -714,10 +714,11 @@ def role_victim(path: str, workflow_id: str, count: str, durability: str) -> Non
 
 
 def role_recoverer(path: str, workflow_id: str, durability: str) -> None:
-    """Child: launch() (which recovers the workflow), print when launch returned, wait for the end."""
+    """Child: launch() (which recovers the workflow), print when launch was called, wait for the end."""
     app, _ = recovery_app(path, durability)
+    called = time.monotonic_ns()
     app.launch()
-    print(f"launched {time.monotonic_ns()}", flush=True)
+    print(f"launched {called}", flush=True)
     app.retrieve_workflow(workflow_id).get_result(timeout=60)
     app.shutdown()
 
@@ -740,7 +741,9 @@ def w5(ctx: Context) -> list[Figure]:
                 reap(recoverer)
     if values != list(range(count)):
         raise RuntimeError(f"the reader did not get 0..{count - 1} exactly once: {len(values)} values")
-    return [Figure("w5", "W5", f"launch() returned -> first new value (killed at {half:,}/{count:,})",
+    # From the call, not the return: the recovered workflow runs in a background thread that often
+    # writes its first value before launch() returns, which would make the figure negative.
+    return [Figure("w5", "W5", f"launch() called -> first new value (killed at {half:,}/{count:,})",
                    "ms", (seen - launched) / 1e6, target=Target("<=", 50))]  # fmt: skip
 
 

@@ -43,7 +43,7 @@ R = TypeVar("R")
 RECOVERY_INTERVAL = 2.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _StepRun:
     position: int
     attempt: int
@@ -457,7 +457,8 @@ class Engine(Client):
                 try:
                     result = fn(*args, **kwargs)
                 finally:
-                    self._flush_stream_writes(run)  # this attempt's values are committed first
+                    if run.has_streams:
+                        self._flush_stream_writes(run)  # this attempt's values are committed first
             except Exception as exc:
                 if number + 1 < policy.max_attempts:
                     time.sleep(policy.interval * policy.backoff**number)

@@ -215,6 +215,9 @@ class SQLiteStorage:
         else:
             conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
         conn.set_busy_handler(_BusyWait())
+        # apsw's SQLite has STAT4, which re-prepares a statement whenever a value bound to a range
+        # condition (``offset >= ?``) changes; plan stability keeps the prepared plan: ~2.5x cheaper.
+        conn.config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, 1)
         synchronous = "FULL" if self.durability == "full" else "NORMAL"
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = OFF")

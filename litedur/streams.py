@@ -121,10 +121,16 @@ class StreamReader(Iterator[Any]):
 
     def _take_published(self) -> bool:
         """Buffer values this process committed and handed over during the wait (no query)."""
+        if not self._waiter.published:
+            return False
         values = self._waiter.take_published(self.offset + len(self._buffer))
-        decode, unpickle = self._codec.decode, self._unpickle
-        self._buffer.extend(decode(encoding, data, unpickle=unpickle) for encoding, data in values)
+        self._decode_into_buffer(values)
         return bool(values)
+
+    def _decode_into_buffer(self, values: list[tuple[int, Any]]) -> None:
+        append, decode, unpickle = self._buffer.append, self._codec.decode, self._unpickle
+        for encoding, data in values:
+            append(decode(encoding, data, unpickle=unpickle))
 
     def _fetch(self) -> int:
         """Buffer what follows; returns how many values arrived. Sets ``_ended`` when the stream ends."""
@@ -141,8 +147,7 @@ class StreamReader(Iterator[Any]):
         values, self._ended = self._storage.read_values(
             self._stream_id, self.offset + len(self._buffer), BATCH, first_read
         )
-        decode, unpickle = self._codec.decode, self._unpickle
-        self._buffer.extend(decode(encoding, data, unpickle=unpickle) for encoding, data in values)
+        self._decode_into_buffer(values)
         return len(values)
 
     def close(self) -> None:

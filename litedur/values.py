@@ -100,6 +100,8 @@ class Codec:
         if encoding == TEXT:
             return data
         if encoding == JSON:
+            if data.isdigit() and data.isascii():  # a non-negative int, as ``encode`` writes it
+                return int(data)
             return json.loads(data)
         if not unpickle:
             return Pickled(bytes(data))
