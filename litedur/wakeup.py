@@ -139,6 +139,7 @@ class Waiter:
         self.stream_id: int | None = None  # set by a reader to receive what this process commits to it
         self.published: list[tuple[int, list[tuple[int, Any]]]] = []
         self._bell = _Bell()
+        self._bell_fd = self._bell.fileno()
         self._poller = None
         if hasattr(select, "poll"):
             self._poller = select.poll()
@@ -186,18 +187,19 @@ class Waiter:
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - time.monotonic()))
         self.woke_on_file_event = False
-        self._feed._register(self)
+        feed = self._feed
+        feed._register(self)
         try:
-            if self._feed.version != self._seen:
+            if feed._version != self._seen:
                 return
             if self._poller is None:
                 self._bell.wait(timeout)
                 return
             ready = self._poller.poll(max(1, int(timeout * 1000 + 0.999)))
         finally:
-            self._feed._unregister(self)
+            feed._unregister(self)
         for fd, _ in ready:
-            if fd == self._bell.fileno():
+            if fd == self._bell_fd:
                 self._bell.drain()
             elif self._watch is not None and self._watch.drain():
                 self.woke_on_file_event = True
@@ -335,13 +337,14 @@ class _InotifyWatch(_Watch):
 
     def drain(self) -> bool:
         relevant = False
-        with contextlib.suppress(BlockingIOError):
-            while True:
+        while True:
+            try:
                 events = os.read(self._fd, _READ_SIZE)
-                relevant = self._concerns_database(events) or relevant
-                if len(events) < _READ_SIZE // 2:  # the queue is empty (no need for a failing read)
-                    break
-        return relevant
+            except BlockingIOError:
+                return relevant
+            relevant = relevant or self._concerns_database(events)
+            if len(events) < _READ_SIZE // 2:  # the queue is empty (no need for a failing read)
+                return relevant
 
     def _concerns_database(self, events: bytes) -> bool:
         at = 0
