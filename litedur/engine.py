@@ -43,7 +43,7 @@ R = TypeVar("R")
 RECOVERY_INTERVAL = 2.0
 
 
-@dataclass(slots=True)
+@dataclass
 class _StepRun:
     position: int
     attempt: int
@@ -457,8 +457,7 @@ class Engine(Client):
                 try:
                     result = fn(*args, **kwargs)
                 finally:
-                    if run.has_streams:
-                        self._flush_stream_writes(run)  # this attempt's values are committed first
+                    self._flush_stream_writes(run)  # this attempt's values are committed first
             except Exception as exc:
                 if number + 1 < policy.max_attempts:
                     time.sleep(policy.interval * policy.backoff**number)
@@ -558,7 +557,7 @@ class Engine(Client):
         return stream_id
 
     def _flush_stream_writes(self, run: _Run) -> None:
-        if self._writer is not None:
+        if self._writer is not None and run.has_streams:  # a run without streams queued nothing
             self._writer.flush(run.workflow_id)
 
     def close_stream(self, key: str) -> None:

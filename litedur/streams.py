@@ -121,8 +121,6 @@ class StreamReader(Iterator[Any]):
 
     def _take_published(self) -> bool:
         """Buffer values this process committed and handed over during the wait (no query)."""
-        if not self._waiter.published:
-            return False
         values = self._waiter.take_published(self.offset + len(self._buffer))
         self._decode_into_buffer(values)
         return bool(values)

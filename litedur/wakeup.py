@@ -158,6 +158,8 @@ class Waiter:
     def take_published(self, offset: int) -> list[tuple[int, Any]]:
         """Encoded values published during the last wait that continue exactly at ``offset``."""
         taken: list[tuple[int, Any]] = []
+        if not self.published:  # the common case for a reader of another process's writes: no lock
+            return taken
         with self._feed._lock:
             published, self.published = self.published, []
         for first, values in published:
@@ -190,7 +192,7 @@ class Waiter:
         feed = self._feed
         feed._register(self)
         try:
-            if feed._version != self._seen:
+            if feed.version != self._seen:
                 return
             if self._poller is None:
                 self._bell.wait(timeout)
