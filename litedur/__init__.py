@@ -7,8 +7,8 @@ and keep arriving across a crash and recovery of the writer.
 
 from __future__ import annotations
 
-from .client import Client, StepInfo, StreamInfo, WorkflowHandle, WorkflowStatus
-from .engine import Engine, SetWorkflowID
+from .client import Client, MessageInfo, StepInfo, StreamInfo, WorkflowHandle, WorkflowStatus
+from .engine import Engine
 from .errors import (
     DatabaseError,
     ExecutorError,
@@ -18,11 +18,14 @@ from .errors import (
     NotInWorkflowError,
     RecordedError,
     SerializationError,
+    StaleRunError,
     StreamClosedError,
     WorkflowCancelledError,
     WorkflowConflictError,
     WorkflowNotFoundError,
+    WorkflowStatusError,
 )
+from .options import SetWorkflowID, SetWorkflowTimeout
 from .streams import AsyncStreamReader, StreamReader
 from .values import Pickled, Serializer
 
@@ -36,6 +39,7 @@ __all__ = [
     "ExecutorError",
     "LitedurError",
     "MaxRecoveryAttemptsExceededError",
+    "MessageInfo",
     "NonDeterminismError",
     "NotInWorkflowError",
     "Pickled",
@@ -43,6 +47,8 @@ __all__ = [
     "SerializationError",
     "Serializer",
     "SetWorkflowID",
+    "SetWorkflowTimeout",
+    "StaleRunError",
     "StepInfo",
     "StreamClosedError",
     "StreamInfo",
@@ -52,5 +58,6 @@ __all__ = [
     "WorkflowHandle",
     "WorkflowNotFoundError",
     "WorkflowStatus",
+    "WorkflowStatusError",
     "__version__",
 ]

@@ -1,7 +1,9 @@
-"""The read and management side of litedur: status, handles, introspection and stream readers.
+"""The read and management side of litedur: status, handles, introspection, stream readers,
+messages and events sent or read from outside, and cancel/resume/fork.
 
-`Client` is what a process that runs no workflows uses (a dashboard, the CLI, a second reader);
-`Engine` extends it with running workflows. A client never creates a database file.
+`Client` is what a process that runs no workflows uses (a dashboard, the CLI, a second reader, a web
+handler that answers an agent); `Engine` extends it with running workflows. A client never creates a
+database file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import management, messages
 from .errors import (
     MaxRecoveryAttemptsExceededError,
     WorkflowCancelledError,
@@ -19,7 +22,7 @@ from .errors import (
 from .storage import CLOSED_BY_TERMINATION, CLOSED_BY_WORKFLOW, SQLiteStorage, StepRow, WorkflowRow
 from .streams import AsyncStreamReader, StreamReader
 from .values import Codec, Serializer
-from .wakeup import feed_for
+from .wakeup import WorkflowSignals, feed_for
 
 FINAL_STATUSES = frozenset({"SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
 
@@ -38,6 +41,21 @@ class WorkflowStatus:
     inputs: dict[str, Any] | None = None
     output: Any = None
     error: BaseException | None = None
+    parent_id: str | None = None
+    timeout: float | None = None
+    deadline: float | None = None  # epoch seconds, while a timeout applies
+    cancel_reason: str | None = None  # why it was CANCELLED: a request, its deadline, or its parent's cancel
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """A message sent to a workflow and not yet received."""
+
+    workflow_id: str
+    message_id: int
+    topic: str | None
+    message: Any
+    sent_at: float
 
 
 @dataclass(frozen=True)
@@ -129,14 +147,24 @@ class Client:
         self._unpickle = unpickle
         self._wait_mode = wait
         self._feed = feed_for(self._storage.path)
+        self._signals_or_none: WorkflowSignals | None = None
 
     @property
     def path(self) -> str:
         """Absolute path of the database file."""
         return self._storage.path
 
+    @property
+    def _signals(self) -> WorkflowSignals:
+        """Wake-ups for threads waiting on workflows (messages, events, status), started on first use."""
+        if self._signals_or_none is None:
+            self._signals_or_none = WorkflowSignals(self._feed, self._storage.changes_since, self._wait_mode)
+        return self._signals_or_none
+
     def close(self) -> None:
         """Release the database connections (and this file's idle wake-up watches)."""
+        if self._signals_or_none is not None:
+            self._signals_or_none.close()
         self._storage.close()
         self._feed.release_idle_watches()
 
@@ -188,6 +216,64 @@ class Client:
             "sizes": self._storage.file_sizes(),
             "workflows": self._storage.count_by_status(),
         }
+
+    # ---- messages and events ------------------------------------------------------------------
+
+    def send(
+        self, workflow_id: str, message: Any, topic: str | None = None, *, idempotency_key: str | None = None
+    ) -> None:
+        """Send ``message`` to a workflow that has not ended; its ``recv(topic)`` receives it once, in order.
+
+        With ``idempotency_key``, a send retried after an error or a crash lands only once.
+        WorkflowStatusError names the status of a workflow that has ended; nothing is written.
+        """
+        messages.send(self, workflow_id, message, topic, idempotency_key)
+
+    def get_event(self, workflow_id: str, key: str, timeout: float | None = 60) -> Any:
+        """Wait until the workflow sets the event ``key`` and return its latest value.
+
+        None when ``timeout`` seconds pass first, or at once when the workflow has ended without
+        setting it. WorkflowNotFoundError for an unknown workflow.
+        """
+        return messages.get_event(self, workflow_id, key, timeout)
+
+    def list_events(self, workflow_id: str) -> dict[str, Any]:
+        """The latest value of every event the workflow has set, by key."""
+        return messages.list_events(self, workflow_id)
+
+    def list_messages(self, workflow_id: str) -> list[MessageInfo]:
+        """Messages sent to the workflow that it has not received yet, oldest first."""
+        return messages.pending(self, workflow_id)
+
+    # ---- management -----------------------------------------------------------------------------
+
+    def cancel_workflow(self, workflow_id: str) -> bool:
+        """Cancel a workflow and its unfinished children; False (a no-op) if it had already ended.
+
+        The workflow stops at its next step, stream write or wait; its status becomes CANCELLED and
+        its open streams close (readers end). Nothing of it is recorded after the cancel commits.
+        """
+        return bool(self._cancel(workflow_id, management.REQUESTED))
+
+    def _cancel(self, workflow_id: str, reason: str) -> list[str]:
+        return management.cancel(self, workflow_id, reason)
+
+    def resume_workflow(self, workflow_id: str) -> WorkflowHandle:
+        """Let a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow continue from its last checkpoint.
+
+        A launched process that registered it picks it up at once. Streams its termination closed
+        reopen (a reader from its offset gets the rest); its deadline is cleared.
+        """
+        management.resume(self, workflow_id)
+        return WorkflowHandle(self, workflow_id)
+
+    def fork_workflow(self, workflow_id: str, start_step: int) -> WorkflowHandle:
+        """A new workflow with the same inputs that reuses the steps recorded before position
+        ``start_step`` (and the stream values and events they wrote) and runs the rest.
+
+        Its id is the one set by `SetWorkflowID`, else a new random one.
+        """
+        return WorkflowHandle(self, management.fork(self, workflow_id, start_step))
 
     # ---- streams ----------------------------------------------------------------------------
 
@@ -243,6 +329,10 @@ class Client:
             inputs=inputs,
             output=self._decode(row.output_encoding, row.output),
             error=error,
+            parent_id=row.parent_id,
+            timeout=row.timeout,
+            deadline=row.deadline,
+            cancel_reason=row.cancel_reason,
         )
 
     def _step_of(self, row: StepRow) -> StepInfo:
@@ -260,21 +350,17 @@ class Client:
 
     def _await_result(self, workflow_id: str, timeout: float | None) -> Any:
         row = self._workflow_row(workflow_id)
-        if row.status in FINAL_STATUSES:  # the common case costs one read and no wake-up descriptors
+        if row.status in FINAL_STATUSES:  # the common case costs one read and no wake-up
             return self._result_of(row)
         deadline = None if timeout is None else time.monotonic() + timeout
-        waiter = self._feed.waiter(self._wait_mode)
-        try:
-            while True:
-                waiter.arm()
-                row = self._workflow_row(workflow_id)
-                if row.status in FINAL_STATUSES:
-                    return self._result_of(row)
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout} s")
-                waiter.wait(deadline)
-        finally:
-            waiter.close()
+        done, row = self._signals.wait_for((workflow_id,), lambda: self._final_row(workflow_id), deadline)
+        if not done:
+            raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout} s")
+        return self._result_of(row)
+
+    def _final_row(self, workflow_id: str) -> tuple[bool, WorkflowRow]:
+        row = self._workflow_row(workflow_id)
+        return row.status in FINAL_STATUSES, row
 
     def _result_of(self, row: WorkflowRow) -> Any:
         if row.status == "SUCCESS":
@@ -282,7 +368,8 @@ class Client:
         if row.status == "ERROR":
             raise self._decode_error(row.error or "{}", row.error_pickle)
         if row.status == "CANCELLED":
-            raise WorkflowCancelledError(f"workflow {row.workflow_id!r} was cancelled")
+            reason = f": {row.cancel_reason}" if row.cancel_reason else ""
+            raise WorkflowCancelledError(f"workflow {row.workflow_id!r} was cancelled{reason}")
         raise MaxRecoveryAttemptsExceededError(
             f"workflow {row.workflow_id!r} exceeded its recovery attempts "
             f"({row.recovery_attempts}) and is no longer run automatically"

@@ -1,10 +1,16 @@
 """Running durable workflows: the Engine, its decorators, checkpointed steps and recovery.
 
 A workflow's body runs in a thread with a `_Run` in a context variable. Each step call and each
-stream write in the body takes the next *position*; a position with a record is replayed (the body
-of the step does not run again) and a position without one runs and is recorded in one commit.
-Recovery finds PENDING workflows whose executor no longer holds its file lock, claims each in one
-transaction, and re-runs its body, which replays up to the first unrecorded position.
+durable operation in the body (a stream write, an event, a message sent or received, a sleep, a child
+started or awaited) takes the next *position*; a position with a record is replayed (the body of the
+step does not run again) and a position without one runs and is recorded in one commit. Every write
+of a run is fenced in storage on "still PENDING and still this executor's", so after a cancel (or a
+resume elsewhere) nothing more of that run is recorded. Recovery finds PENDING workflows whose
+executor no longer holds its file lock, claims each in one transaction, and re-runs its body, which
+replays up to the first unrecorded position.
+
+Events and messages live in `messages`, durable sleep, deadlines and cancellation checks in
+`timers`, cancel/resume/fork and child workflows in `management`; the Engine delegates to them.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from . import liveness
+from . import liveness, management, messages, options, timers
 from .client import FINAL_STATUSES, Client, WorkflowHandle, _check_path_type
 from .errors import (
     DatabaseError,
@@ -30,9 +36,10 @@ from .errors import (
     StreamClosedError,
     WorkflowConflictError,
 )
-from .storage import WRITE_STREAM_STEP, StepRow, WorkflowRow
+from .storage import ANY_UNOWNED, WRITE_STREAM_STEP, StepRow, WorkflowRow
 from .streams import StreamWriter, check_key
 from .values import JSON, Serializer
+from .wakeup import Interest
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,8 +62,12 @@ class _Run:
 
     engine: Engine
     workflow_id: str
+    executor_id: str
     checkpoints: dict[int, StepRow]
     attempts_so_far: dict[int, int]
+    interest: Interest  # rung when the workflow changes (a cancel, a message): then check_running reads it
+    deadline: float | None = None  # epoch seconds: the workflow is cancelled when it passes
+    timeout: float | None = None
     next_position: int = 0
     step: _StepRun | None = None
     stream_ids: dict[str, int] = field(default_factory=dict)
@@ -67,12 +78,27 @@ class _Run:
         self.next_position += 1
         return position
 
+    def checkpoint(self, name: str) -> tuple[int, StepRow | None]:
+        """Take the next position for the durable operation ``name``: ``(position, its record or None)``.
+
+        A record of another operation there means the body is not deterministic.
+        """
+        position = self.take_position()
+        recorded = self.checkpoints.get(position)
+        if recorded is not None and recorded.name != name:
+            raise NonDeterminismError(
+                f"workflow {self.workflow_id!r} called {name!r} at position {position}, "
+                f"but the recorded run called {recorded.name!r} there"
+            )
+        return position, recorded
+
 
 @dataclass
 class _WorkflowSpec:
     fn: Callable[..., Any]
     name: str
     max_recovery_attempts: int
+    timeout: float | None = None
 
 
 @dataclass
@@ -91,32 +117,11 @@ class _Executor:
 
 
 _current_run: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("litedur_run", default=None)
-_next_workflow_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "litedur_next_workflow_id", default=None
-)
 
 
 def _default_name(fn: Callable[..., Any]) -> str:
     """A function's qualified name without ``<locals>`` parts: stable across processes."""
     return fn.__qualname__.replace("<locals>.", "")
-
-
-class SetWorkflowID:
-    """``with SetWorkflowID("id"):`` gives the next workflow started or called in the block that id."""
-
-    def __init__(self, workflow_id: str) -> None:
-        if not isinstance(workflow_id, str) or not workflow_id:
-            raise TypeError(f"workflow id must be a non-empty str, not {workflow_id!r}")
-        self.workflow_id = workflow_id
-        self._token: contextvars.Token[str | None] | None = None
-
-    def __enter__(self) -> SetWorkflowID:
-        self._token = _next_workflow_id.set(self.workflow_id)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        assert self._token is not None
-        _next_workflow_id.reset(self._token)
 
 
 class Engine(Client):
@@ -147,21 +152,28 @@ class Engine(Client):
         self._stopping = threading.Event()
         self._recovery_thread: threading.Thread | None = None
         self._launched = False
-        self._writer = StreamWriter(self._storage, self._feed) if group_writes else None
+        self._writer = StreamWriter(self._storage, self._feed, self.executor_id) if group_writes else None
+        self._deadlines = timers.DeadlineKeeper(self._cancel_at_deadline)
+        self._recovery_interest: Any = None
 
     # ---- registration -----------------------------------------------------------------------
 
     def workflow(
-        self, name: str | None = None, max_recovery_attempts: int = 50
+        self, name: str | None = None, max_recovery_attempts: int = 50, timeout: float | None = None
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Make a function a durable workflow; calling it runs it durably in the caller's thread."""
+        """Make a function a durable workflow; calling it runs it durably in the caller's thread.
+
+        ``timeout`` (seconds) gives each run a durable deadline, after which it and its children are
+        cancelled (see `SetWorkflowTimeout`).
+        """
         if name is not None and not isinstance(name, str):
             raise TypeError(f"workflow name must be a str, not {type(name).__name__}")
         if type(max_recovery_attempts) is not int or max_recovery_attempts < 0:
             raise ValueError(f"max_recovery_attempts must be an int >= 0, not {max_recovery_attempts!r}")
+        timeout = timers.check_timeout(timeout, "workflow timeout")
 
         def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-            spec = _WorkflowSpec(fn, name or _default_name(fn), max_recovery_attempts)
+            spec = _WorkflowSpec(fn, name or _default_name(fn), max_recovery_attempts, timeout)
             with self._lock:
                 known = self._workflows.get(spec.name)
                 if known is not None and known.fn is not fn:
@@ -220,6 +232,7 @@ class Engine(Client):
             self._launched = True
             self._stopping.clear()
         self._recover(include_own=True)
+        self._recovery_interest = self._signals.interest(ANY_UNOWNED)
         self._recovery_thread = threading.Thread(
             target=self._recover_periodically, name="litedur-recovery", daemon=True
         )
@@ -232,9 +245,14 @@ class Engine(Client):
         are still alive, nobody may adopt them) and the connections stay open for them.
         """
         self._stopping.set()
+        if self._recovery_interest is not None:
+            self._recovery_interest.ring("hand-over")
         if self._recovery_thread is not None:
             self._recovery_thread.join()
             self._recovery_thread = None
+        if self._recovery_interest is not None:
+            self._recovery_interest.close()
+            self._recovery_interest = None
         with self._lock:
             executor, pool = self._executor, self._pool
             self._launched = False
@@ -253,6 +271,7 @@ class Engine(Client):
             pool.shutdown(wait=True)
         if self._writer is not None:
             self._writer.close()
+        self._deadlines.close()
         with self._lock:
             if executor is not None:
                 executor.lock.release()
@@ -270,36 +289,41 @@ class Engine(Client):
     # ---- starting workflows -------------------------------------------------------------------
 
     def start_workflow(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> WorkflowHandle:
-        """Start ``fn`` in a background thread; returns once the workflow is durably recorded."""
+        """Start ``fn`` in a background thread; returns once the workflow is durably recorded.
+
+        In a workflow body this starts a child (see `management.start_child`): a checkpoint whose
+        replay returns the same child and never starts a second one.
+        """
         spec = self._spec_of(fn)
-        workflow_id = self._take_workflow_id()
+        parent = self._body_run()
+        if parent is not None:
+            return WorkflowHandle(self, management.start_child(self, parent, spec, args, kwargs))
+        workflow_id = options.take_workflow_id()
         created, row, executor = self._create(spec, workflow_id, args, kwargs)
         if created:
-            self._submit(spec, workflow_id, args, kwargs, executor, fresh=True)
+            self._submit(spec, row, args, kwargs, executor, fresh=True)
         elif self._adopt(spec, row, executor):
             self._start_recovered(spec, workflow_id, executor)
         return WorkflowHandle(self, workflow_id)
 
     def _call_workflow(self, spec: _WorkflowSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        parent = _current_run.get()
-        if parent is not None and parent.step is None and _next_workflow_id.get() is None:
-            workflow_id = f"{parent.workflow_id}-{parent.take_position()}"
+        parent = self._body_run()
+        if parent is not None and options.chosen_workflow_id() is None:
+            workflow_id = management.child_id(parent, parent.take_position())
         else:
-            workflow_id = self._take_workflow_id()
-        created, row, executor = self._create(spec, workflow_id, args, kwargs)
+            workflow_id = options.take_workflow_id()
+        created, row, executor = self._create(spec, workflow_id, args, kwargs, parent)
         if created:
-            return self._execute(spec, workflow_id, args, kwargs, executor, fresh=True)
+            return self._execute(spec, row, args, kwargs, executor, fresh=True)
         if self._adopt(spec, row, executor):
             recorded = self._decode(row.inputs_encoding, row.inputs)
-            return self._execute(spec, workflow_id, tuple(recorded["args"]), recorded["kwargs"], executor)
-        return self._await_result(workflow_id, None)
+            return self._execute(spec, row, tuple(recorded["args"]), recorded["kwargs"], executor)
+        return Client._await_result(self, workflow_id, None)  # not a checkpoint: the call took its position
 
-    def _take_workflow_id(self) -> str:
-        chosen = _next_workflow_id.get()
-        if chosen is not None:
-            _next_workflow_id.set(None)
-            return chosen
-        return _random_uuid()
+    def _body_run(self) -> _Run | None:
+        """The run of this engine whose body (not a step) is executing in this thread, if any."""
+        run = _current_run.get()
+        return run if run is not None and run.step is None and run.engine is self else None
 
     def _spec_of(self, fn: Any) -> _WorkflowSpec:
         spec = getattr(fn, "__litedur_workflow__", None)
@@ -309,21 +333,40 @@ class Engine(Client):
             )
         return spec
 
+    def _encode_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, Any]:
+        inputs = self._codec.encode({"args": list(args), "kwargs": kwargs})
+        if inputs[0] != JSON:  # pickled: keep the exact tuple of arguments
+            inputs = self._codec.encode({"args": args, "kwargs": kwargs})
+        return inputs
+
+    def _limits(self, spec: _WorkflowSpec, parent: _Run | None) -> tuple[float | None, float | None]:
+        """``(timeout, deadline)`` of a workflow starting now: its own, bounded by its parent's deadline."""
+        timeout = options.chosen_timeout(spec.timeout)
+        deadline = None if timeout is None else time.time() + timeout
+        if parent is not None and parent.deadline is not None:
+            deadline = parent.deadline if deadline is None else min(deadline, parent.deadline)
+        return timeout, deadline
+
     def _create(
         self,
         spec: _WorkflowSpec,
         workflow_id: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        parent: _Run | None = None,
+        checkpoint: StepRow | None = None,
     ) -> tuple[bool, WorkflowRow, _Executor]:
-        inputs = self._codec.encode({"args": list(args), "kwargs": kwargs})
-        if inputs[0] != JSON:  # pickled: keep the exact tuple of arguments
-            inputs = self._codec.encode({"args": args, "kwargs": kwargs})
+        inputs = self._encode_inputs(args, kwargs)
         executor = self._ensure_executor()  # after encoding: a value that cannot be stored writes nothing
+        timeout, deadline = self._limits(spec, parent)
         with self._lock:
             executor.running.setdefault(workflow_id, None)
         try:
-            created, row = self._storage.create_workflow(workflow_id, spec.name, inputs, executor.executor_id)
+            created, row = self._storage.create_workflow(
+                workflow_id, spec.name, inputs, executor.executor_id,
+                parent_id=None if parent is None else parent.workflow_id,
+                timeout=timeout, deadline=deadline, checkpoint=checkpoint,
+            )  # fmt: skip
         except BaseException:
             self._forget_running(executor, workflow_id)
             raise
@@ -363,7 +406,7 @@ class Engine(Client):
     def _submit(
         self,
         spec: _WorkflowSpec,
-        workflow_id: str,
+        row: WorkflowRow,
         args: Any,
         kwargs: Any,
         executor: _Executor,
@@ -374,8 +417,8 @@ class Engine(Client):
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="litedur-workflow")
-            executor.running[workflow_id] = self._pool.submit(
-                self._execute_quietly, spec, workflow_id, args, kwargs, executor, fresh
+            executor.running[row.workflow_id] = self._pool.submit(
+                self._execute_quietly, spec, row, args, kwargs, executor, fresh
             )
 
     def _execute_quietly(self, *call: Any) -> None:
@@ -385,40 +428,57 @@ class Engine(Client):
     def _execute(
         self,
         spec: _WorkflowSpec,
-        workflow_id: str,
+        row: WorkflowRow,
         args: Any,
         kwargs: Any,
         executor: _Executor,
         fresh: bool = False,
     ) -> Any:
-        """Run (or replay) a workflow body this executor owns and record its final status."""
+        """Run (or replay) a workflow body this executor owns and record its final status.
+
+        The final status is fenced like every write of the run: a run that was cancelled (or whose
+        workflow went to another executor) records nothing and raises why it stopped.
+        """
+        workflow_id = row.workflow_id
         try:
             checkpoints, attempts = ({}, {}) if fresh else self._storage.load_checkpoints(workflow_id)
-            run = _Run(self, workflow_id, checkpoints, attempts, has_streams=not fresh)
+            interest = self._signals.interest(workflow_id)
+            if not fresh:  # a cancel may have come before the interest: read the status once
+                interest.ring("hand-over")
+            run = _Run(self, workflow_id, executor.executor_id, checkpoints, attempts, interest, row.deadline,
+                       row.timeout, has_streams=not fresh)  # fmt: skip
             token = _current_run.set(run)
             try:
+                timers.start_run(self, run)
                 result = spec.fn(*args, **kwargs)
             except Exception as exc:
                 # If the error cannot be recorded either (the disk is still full, ...), the caller gets
                 # the first error, not that one, and the workflow stays PENDING for recovery.
                 with contextlib.suppress(DatabaseError):
-                    self._storage.finish_workflow(
-                        workflow_id, "ERROR", error=self._codec.encode_error(exc), has_streams=run.has_streams
-                    )
+                    self._finish(run, "ERROR", error=self._codec.encode_error(exc))
                 raise
             finally:
                 _current_run.reset(token)
+                interest.close()
             try:
                 output = self._codec.encode(result)
             except SerializationError as exc:
-                error = self._codec.encode_error(exc)
-                self._storage.finish_workflow(workflow_id, "ERROR", error=error, has_streams=run.has_streams)
+                self._finish(run, "ERROR", error=self._codec.encode_error(exc))
                 raise
-            self._storage.finish_workflow(workflow_id, "SUCCESS", output=output, has_streams=run.has_streams)
+            if not self._finish(run, "SUCCESS", output=output):
+                raise timers.stopped_error(self, run)
             return result
         finally:
             self._forget_running(executor, workflow_id)
             self._feed.notify()
+
+    def _finish(self, run: _Run, status: str, **outcome: Any) -> bool:
+        finished = self._storage.finish_workflow(
+            run.workflow_id, status, run.executor_id, has_streams=run.has_streams, **outcome
+        )
+        if finished:
+            self._feed.signal([run.workflow_id])
+        return finished
 
     def _forget_running(self, executor: _Executor, workflow_id: str) -> None:
         with self._lock:
@@ -451,6 +511,7 @@ class Engine(Client):
         started = time.time()
         first_attempt = run.attempts_so_far.get(position, 0) + 1
         for number in range(policy.max_attempts):
+            timers.check_running(self, run)  # a cancelled run starts no step body
             attempt = first_attempt + number
             run.step = _StepRun(position, attempt)
             try:
@@ -481,6 +542,10 @@ class Engine(Client):
                 f"workflow {run.workflow_id!r} called {name!r} at position {position}, "
                 f"but the recorded run called {recorded.name!r} there"
             )
+        return self._recorded_outcome(recorded)
+
+    def _recorded_outcome(self, recorded: StepRow) -> Any:
+        """A checkpoint's recorded output, or its recorded exception raised again."""
         if recorded.error is not None:
             raise self._codec.decode_error(recorded.error, recorded.error_pickle)
         return self._decode(recorded.output_encoding, recorded.output)
@@ -499,7 +564,8 @@ class Engine(Client):
         description, pickled = self._codec.encode_error(error) if error is not None else (None, None)
         self._storage.record_step(
             StepRow(run.workflow_id, position, name, encoding, data, description, pickled,
-                    attempt, started, time.time())
+                    attempt, started, time.time()),
+            run.executor_id,
         )  # fmt: skip
 
     # ---- streams (writing side) -------------------------------------------------------------
@@ -529,7 +595,9 @@ class Engine(Client):
             stream_id = self._open_for_writing(run, key)
         if self._writer is not None and self._writer.append(run.workflow_id, key, step.position, step.attempt, encoded):
             return
-        offset = self._storage.append_one(stream_id, encoded, step.position, step.attempt)
+        offset = self._storage.append_one(
+            stream_id, encoded, step.position, step.attempt, run.workflow_id, run.executor_id
+        )
         if offset is None:
             run.stream_ids.pop(key, None)
             raise StreamClosedError(f"stream {key!r} of workflow {run.workflow_id!r} is closed")
@@ -546,11 +614,11 @@ class Engine(Client):
         now = time.time()
         checkpoint = StepRow(run.workflow_id, position, name, None, None, None, None, 1, now, now)
         run.has_streams = True
-        self._storage.append_stream(run.workflow_id, key, [encoded], position, 1, checkpoint)
+        self._storage.append_stream(run.workflow_id, key, [encoded], position, 1, run.executor_id, checkpoint)
 
     def _open_for_writing(self, run: _Run, key: str) -> int:
         run.has_streams = True
-        stream_id, closed = self._storage.open_stream(run.workflow_id, key)
+        stream_id, closed = self._storage.open_stream(run.workflow_id, key, run.executor_id)
         if closed:
             raise StreamClosedError(f"stream {key!r} of workflow {run.workflow_id!r} is closed")
         run.stream_ids[key] = stream_id
@@ -566,7 +634,7 @@ class Engine(Client):
         run = self._current("close_stream")
         self._flush_stream_writes(run)
         run.has_streams = True
-        self._storage.close_stream(run.workflow_id, key)
+        self._storage.close_stream(run.workflow_id, key, run.executor_id)
         run.stream_ids.pop(key, None)
         self._feed.notify()
 
@@ -590,7 +658,14 @@ class Engine(Client):
     # ---- recovery -------------------------------------------------------------------------------
 
     def _recover_periodically(self) -> None:
-        while not self._stopping.wait(RECOVERY_INTERVAL):
+        """Every RECOVERY_INTERVAL, and at once when a resume or fork anywhere leaves work without an
+        executor, claim what this process can run."""
+        interest = self._recovery_interest
+        while True:
+            interest.wait(time.monotonic() + RECOVERY_INTERVAL)
+            if self._stopping.is_set():
+                return
+            interest.arm()
             with contextlib.suppress(LitedurError):  # a busy or read-only file now: try next round
                 # Own workflows too: one whose run died of a database error (disk full, ...) before it
                 # could record its end is PENDING here and running nowhere (a running one is skipped).
@@ -620,11 +695,65 @@ class Engine(Client):
         try:
             inputs = self._codec.decode(row.inputs_encoding, row.inputs)
         except SerializationError as exc:
-            self._storage.finish_workflow(workflow_id, "ERROR", error=self._codec.encode_error(exc))
+            error = self._codec.encode_error(exc)
+            self._storage.finish_workflow(workflow_id, "ERROR", executor.executor_id, error=error)
             self._forget_running(executor, workflow_id)
-            self._feed.notify()
+            self._feed.signal([workflow_id])
             return
-        self._submit(spec, workflow_id, tuple(inputs["args"]), inputs["kwargs"], executor)
+        self._submit(spec, row, tuple(inputs["args"]), inputs["kwargs"], executor)
+
+    # ---- communication and management (delegated) -----------------------------------------------
+
+    def set_event(self, key: str, value: Any) -> None:
+        """Publish the latest value of ``key`` for this workflow (a checkpoint in a body; also in a step)."""
+        messages.set_event(self, self._current("set_event"), key, value)
+
+    def recv(self, topic: str | None = None, timeout: float | None = 60) -> Any:
+        """In a workflow body: the next message of ``topic`` (FIFO), consumed exactly once; None on timeout.
+
+        The deadline is recorded at the first attempt, so a recovered run waits only what remains.
+        """
+        return messages.recv(self, self._body_run_for("recv"), topic, timeout)
+
+    def sleep(self, seconds: float) -> None:
+        """Durable sleep: in a workflow body the deadline is recorded, and after a crash the workflow
+        wakes at the original deadline (at once if it passed). A cancel wakes it. Elsewhere: time.sleep."""
+        timers.sleep(self, _current_run.get(), seconds)
+
+    def send(
+        self, workflow_id: str, message: Any, topic: str | None = None, *, idempotency_key: str | None = None
+    ) -> None:
+        """Send ``message`` to a workflow (see `Client.send`); in a workflow body it is a checkpoint."""
+        run = self._body_run()
+        if run is None:
+            super().send(workflow_id, message, topic, idempotency_key=idempotency_key)
+        else:
+            messages.send_from_run(self, run, workflow_id, message, topic)
+
+    def get_event(self, workflow_id: str, key: str, timeout: float | None = 60) -> Any:
+        """Wait for an event's value (see `Client.get_event`); in a workflow body it is a checkpoint."""
+        run = self._body_run()
+        if run is None:
+            return super().get_event(workflow_id, key, timeout)
+        return messages.get_event_in_run(self, run, workflow_id, key, timeout)
+
+    def _await_result(self, workflow_id: str, timeout: float | None) -> Any:
+        run = self._body_run()
+        if run is None:
+            return super()._await_result(workflow_id, timeout)
+        return management.await_child(self, run, workflow_id, timeout)
+
+    def _cancel_at_deadline(self, workflow_id: str, deadline: float) -> None:
+        state = self._storage.workflow_state(workflow_id)
+        if state is not None and state.status == "PENDING" and state.deadline == deadline:
+            self._cancel(workflow_id, timers.timeout_reason(self._storage.get_workflow(workflow_id)))
+
+    def _body_run_for(self, what: str) -> _Run:
+        run = self._body_run()
+        if run is None:
+            where = "in a step" if _current_run.get() is not None else "outside a workflow"
+            raise NotInWorkflowError(f"{what}() must be called in a workflow body of this engine, not {where}")
+        return run
 
     def is_final(self, workflow_id: str) -> bool:
         """True once the workflow has a final status."""
@@ -637,12 +766,3 @@ def _hostname() -> str:
     import socket  # Windows: a slower import, only there
 
     return socket.gethostname()
-
-
-def _random_uuid() -> str:
-    """A random (version 4) UUID in its usual text form, without importing uuid (which is slow)."""
-    data = bytearray(os.urandom(16))
-    data[6] = data[6] & 0x0F | 0x40
-    data[8] = data[8] & 0x3F | 0x80
-    text = data.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

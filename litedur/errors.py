@@ -56,7 +56,21 @@ class RecordedError(LitedurError):
 
 
 class WorkflowCancelledError(LitedurError):
-    """The awaited workflow was cancelled."""
+    """The workflow was cancelled: raised by ``get_result``, and inside the cancelled run at its next
+    step, stream write or wait (the run stops; nothing more of it is recorded)."""
+
+
+class StaleRunError(LitedurError):
+    """This run of a workflow may no longer write: the workflow was resumed or adopted elsewhere."""
+
+
+class WorkflowStatusError(LitedurError):
+    """The workflow's status does not allow the operation (a send to an ended workflow, a resume of a
+    running one); ``status`` names it."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class MaxRecoveryAttemptsExceededError(LitedurError):

@@ -18,9 +18,17 @@ from typing import Any, NamedTuple
 
 import apsw
 
-from .errors import DatabaseError, StreamClosedError
+from .errors import (
+    DatabaseError,
+    StaleRunError,
+    StreamClosedError,
+    WorkflowCancelledError,
+    WorkflowConflictError,
+    WorkflowNotFoundError,
+    WorkflowStatusError,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x4C544452  # "LTDR"
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
@@ -29,7 +37,10 @@ MAX_REMEMBERED_OFFSETS = 4096  # streams whose next offset append_one keeps in m
 OPEN, CLOSED_BY_WORKFLOW, CLOSED_BY_TERMINATION = 0, 1, 2
 END_OF_STREAM = -1  # encoding of the entry that closing a stream appends after its last value
 ACTIVE_STATUSES = ("PENDING", "ENQUEUED")
+RESUMABLE_STATUSES = ("CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
+CASCADE_REASON = "cancelled with its parent"  # how a child's cancel reason starts when its parent's cancel took it
 WRITE_STREAM_STEP = "litedur.write_stream"
+ANY_UNOWNED = ""  # the change key bumped when PENDING work without an executor appears (resume, fork)
 
 MIGRATIONS: list[str] = [
     # version 1
@@ -87,6 +98,61 @@ MIGRATIONS: list[str] = [
         started_at REAL NOT NULL
     );
     """,
+    # version 2: communication (events, messages), durable waits, children, timeouts, cancellation
+    """
+    ALTER TABLE workflows ADD COLUMN parent_id TEXT;
+    ALTER TABLE workflows ADD COLUMN timeout REAL;
+    ALTER TABLE workflows ADD COLUMN deadline REAL;
+    ALTER TABLE workflows ADD COLUMN cancel_reason TEXT;
+    CREATE INDEX workflows_by_parent ON workflows (parent_id) WHERE parent_id IS NOT NULL;
+    CREATE TABLE events (
+        workflow_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        encoding INTEGER NOT NULL,
+        value,
+        position INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (workflow_id, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        message_id INTEGER PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        topic TEXT,
+        encoding INTEGER NOT NULL,
+        value,
+        idempotency_key TEXT,
+        sent_at REAL NOT NULL,
+        consumed_at REAL
+    );
+    CREATE INDEX messages_pending ON messages (workflow_id, topic, message_id) WHERE consumed_at IS NULL;
+    CREATE UNIQUE INDEX messages_once ON messages (workflow_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE TABLE timers (
+        workflow_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        deadline REAL NOT NULL,
+        PRIMARY KEY (workflow_id, position)
+    ) WITHOUT ROWID;
+    CREATE TABLE workflow_changes (
+        seq INTEGER PRIMARY KEY,
+        workflow_id TEXT NOT NULL
+    );
+    CREATE TRIGGER workflow_changes_pruned AFTER INSERT ON workflow_changes WHEN NEW.seq % 4096 = 0 BEGIN
+        DELETE FROM workflow_changes WHERE seq <= NEW.seq - 65536;
+    END;
+    CREATE TRIGGER workflow_status_changed AFTER UPDATE OF status ON workflows BEGIN
+        INSERT INTO workflow_changes (workflow_id) VALUES (NEW.workflow_id);
+    END;
+    CREATE TRIGGER workflow_event_set AFTER INSERT ON events BEGIN
+        INSERT INTO workflow_changes (workflow_id) VALUES (NEW.workflow_id);
+    END;
+    CREATE TRIGGER workflow_event_updated AFTER UPDATE ON events BEGIN
+        INSERT INTO workflow_changes (workflow_id) VALUES (NEW.workflow_id);
+    END;
+    CREATE TRIGGER workflow_message_sent AFTER INSERT ON messages BEGIN
+        INSERT INTO workflow_changes (workflow_id) VALUES (NEW.workflow_id);
+    END;
+    """,
 ]
 
 
@@ -104,6 +170,10 @@ class WorkflowRow(NamedTuple):
     recovery_attempts: int
     created_at: float
     updated_at: float
+    parent_id: str | None = None
+    timeout: float | None = None
+    deadline: float | None = None
+    cancel_reason: str | None = None
 
 
 class StepRow(NamedTuple):
@@ -136,6 +206,33 @@ class StreamGroup(NamedTuple):
     values: list[tuple[int, Any]]
 
 
+class EventRow(NamedTuple):
+    workflow_id: str
+    key: str
+    encoding: int
+    value: Any
+    position: int
+    updated_at: float
+
+
+class MessageRow(NamedTuple):
+    message_id: int
+    workflow_id: str
+    topic: str | None
+    encoding: int
+    value: Any
+    sent_at: float
+
+
+class WorkflowState(NamedTuple):
+    """What a running workflow checks before each step: is it still PENDING, and still its executor's."""
+
+    status: str
+    executor_id: str | None
+    deadline: float | None
+    cancel_reason: str | None
+
+
 class EntryRow(NamedTuple):
     offset: int
     encoding: int
@@ -147,7 +244,7 @@ class EntryRow(NamedTuple):
 _WORKFLOW_COLUMNS = ", ".join(WorkflowRow._fields)
 _STEP_COLUMNS = ", ".join(StepRow._fields)
 _INSERT_WORKFLOW = (
-    f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) VALUES ({', '.join('?' * len(WorkflowRow._fields))}) "
     "ON CONFLICT (workflow_id) DO NOTHING"
 )
 _FINISH_WORKFLOW = (
@@ -155,6 +252,14 @@ _FINISH_WORKFLOW = (
     "WHERE workflow_id = ?"
 )
 _INSERT_STEP = f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# "... if the run still owns its workflow": a fenced write of a run is refused (changes() == 0) after a
+# cancel, or after its workflow was resumed or adopted by another executor.
+_WHILE_OWNED = (
+    "WHERE EXISTS (SELECT 1 FROM workflows WHERE workflow_id = ? AND status = 'PENDING' AND executor_id = ?)"
+)
+_INSERT_STEP_WHILE_OWNED = f"INSERT INTO steps ({_STEP_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? {_WHILE_OWNED}"
+_FINISH_WHILE_OWNED = f"{_FINISH_WORKFLOW} AND status = 'PENDING' AND executor_id IS ?"
+_STATE_COLUMNS = ", ".join(WorkflowState._fields)
 
 
 class SQLiteStorage:
@@ -371,14 +476,10 @@ class SQLiteStorage:
                 (executor_id, executor_id),
             )
 
-    def active_executors(self, exclude: str | None = None) -> list[str]:
-        """Distinct executors that own PENDING workflows (``exclude`` left out)."""
+    def active_executors(self) -> list[str | None]:
+        """Distinct owners of PENDING workflows; None stands for "no executor" (resumed, forked)."""
         with self._read("list executors") as conn:
-            rows = conn.execute(
-                "SELECT DISTINCT executor_id FROM workflows WHERE status = 'PENDING' "
-                "AND executor_id IS NOT ?",
-                (exclude,),
-            ).fetchall()
+            rows = conn.execute("SELECT DISTINCT executor_id FROM workflows WHERE status = 'PENDING'").fetchall()
         return [row[0] for row in rows]
 
     def pending_workflows_of(self, executor_id: str | None) -> list[tuple[str, str]]:
@@ -399,11 +500,35 @@ class SQLiteStorage:
         name: str,
         inputs: tuple[int, Any],
         executor_id: str,
+        *,
+        parent_id: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        checkpoint: StepRow | None = None,
     ) -> tuple[bool, WorkflowRow]:
-        """Insert a PENDING workflow unless the id exists; atomically. Returns (created, row)."""
+        """Insert a PENDING workflow unless the id exists; atomically. Returns (created, row).
+
+        With ``checkpoint`` (a child started by a workflow body), the parent's checkpoint is recorded
+        in the same transaction, fenced on the parent's run: a replay finds the checkpoint and never
+        starts a second child.
+        """
         now = time.time()
         row = WorkflowRow(workflow_id, name, "PENDING", inputs[0], inputs[1], None, None, None, None,
-                          executor_id, 0, now, now)  # fmt: skip
+                          executor_id, 0, now, now, parent_id, timeout, deadline)  # fmt: skip
+        if checkpoint is not None:
+            with self._write(f"start child workflow {workflow_id!r}") as conn:
+                _fence(conn, checkpoint.workflow_id, executor_id)
+                conn.execute(_INSERT_WORKFLOW, row)
+                created = conn.changes() == 1
+                existing = row if created else _fetch_workflow(conn, workflow_id)
+                if existing is not None and existing.name != name:
+                    raise WorkflowConflictError(
+                        f"workflow id {workflow_id!r} already belongs to a workflow named {existing.name!r}, "
+                        f"not {name!r}"
+                    )
+                conn.execute(_INSERT_STEP, checkpoint)
+            assert existing is not None
+            return created, existing
         with self._write_lock:
             try:
                 conn = self._writer()
@@ -447,32 +572,49 @@ class SQLiteStorage:
         self,
         workflow_id: str,
         status: str,
+        executor_id: str | None,
         output: tuple[int, Any] | None = None,
         error: tuple[str, bytes | None] | None = None,
         has_streams: bool = True,
-    ) -> None:
+    ) -> bool:
         """Record a final status and close every open stream of the workflow, in one transaction.
 
-        ``has_streams=False`` (the caller knows the workflow never opened one) saves the search.
+        Fenced: only while the workflow is PENDING and owned by ``executor_id`` (False otherwise: a
+        cancel or another executor came first, and nothing is written). ``has_streams=False`` (the
+        caller knows the workflow never opened one) saves the search for open streams.
         """
         encoding, value = output if output is not None else (None, None)
         description, pickled = error if error is not None else (None, None)
-        values = (status, encoding, value, description, pickled, time.time(), workflow_id)
+        values = (status, encoding, value, description, pickled, time.time(), workflow_id, executor_id)
         if not has_streams:
             with self._write_lock:
                 try:
-                    self._writer().execute(_FINISH_WORKFLOW, values)  # one statement: its own transaction
+                    conn = self._writer()
+                    conn.execute(_FINISH_WHILE_OWNED, values)  # one statement: its own transaction
+                    return conn.changes() == 1
                 except apsw.Error as exc:
                     raise self._database_error(f"finish workflow {workflow_id!r}", exc) from exc
-            return
         with self._write(f"finish workflow {workflow_id!r}") as conn:
-            conn.execute(_FINISH_WORKFLOW, values)
+            conn.execute(_FINISH_WHILE_OWNED, values)
+            if conn.changes() == 0:
+                return False
             _close_open_streams(conn, workflow_id)
+        return True
 
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         """One workflow's row, or None."""
         with self._read(f"read workflow {workflow_id!r}") as conn:
             return _fetch_workflow(conn, workflow_id)
+
+    def workflow_state(self, workflow_id: str) -> WorkflowState | None:
+        """Status, owner, deadline and cancel reason of a workflow in one cheap read; None if absent.
+
+        Read through the writer connection: a running workflow asks before every step, and that
+        connection's page cache is the one this process's own commits keep warm.
+        """
+        with self._write_lock, self._translate_errors(f"read workflow {workflow_id!r}"):
+            rows = self._writer().execute(_READ_STATE, (workflow_id,)).fetchall()
+        return WorkflowState(*rows[0]) if rows else None
 
     def list_workflows(
         self, status: str | None = None, name: str | None = None, limit: int | None = None
@@ -520,13 +662,23 @@ class SQLiteStorage:
             ).fetchall()
         return {row[1]: StepRow(*row) for row in steps}, dict(attempts)
 
-    def record_step(self, row: StepRow) -> None:
-        """Record a step's output or final error; fails if the position is already recorded."""
+    def record_step(self, row: StepRow, executor_id: str) -> None:
+        """Record a step's output or final error, fenced on the run; fails if the position is recorded.
+
+        Raises WorkflowCancelledError or StaleRunError (recording nothing) when the workflow was
+        cancelled or is no longer this executor's.
+        """
         with self._write_lock:
             try:
-                self._writer().execute(_INSERT_STEP, row)  # one statement: its own transaction
+                conn = self._writer()
+                conn.execute(_INSERT_STEP_WHILE_OWNED, (*row, row.workflow_id, executor_id))  # one transaction
+                if conn.changes() == 1:
+                    return
             except apsw.Error as exc:
                 raise self._database_error(f"record step {row.position} of {row.workflow_id!r}", exc) from exc
+        with self._read(f"read workflow {row.workflow_id!r}") as conn:
+            _fence(conn, row.workflow_id, executor_id)
+        raise AssertionError("a refused step record must be explained by the fence")
 
     def list_steps(self, workflow_id: str) -> list[StepRow]:
         """A workflow's recorded steps in position order."""
@@ -546,15 +698,17 @@ class SQLiteStorage:
         values: Sequence[tuple[int, Any]],
         position: int,
         attempt: int,
+        executor_id: str,
         checkpoint: StepRow | None = None,
     ) -> int:
         """Append encoded values at the stream's end (creating it); returns the first new offset.
 
         Offsets stay dense: the next offset is read inside the same write transaction. Raises
         StreamClosedError (writing nothing) if the stream is closed. With ``checkpoint``, that step
-        record is inserted in the same transaction (a workflow-body write).
+        record is inserted in the same transaction (a workflow-body write). Fenced on the run.
         """
         with self._write(f"append to stream {key!r} of {workflow_id!r}") as conn:
+            _fence(conn, workflow_id, executor_id)
             stream_id, offset, closed = _open_stream(conn, workflow_id, key)
             if closed != OPEN:
                 raise StreamClosedError(f"stream {key!r} of workflow {workflow_id!r} is closed")
@@ -563,29 +717,41 @@ class SQLiteStorage:
                 conn.execute(_INSERT_STEP, checkpoint)
         return offset
 
-    def open_stream(self, workflow_id: str, key: str) -> tuple[int, bool]:
-        """``(stream_id, closed)`` of a stream, creating it (open and empty) if needed."""
+    def open_stream(self, workflow_id: str, key: str, executor_id: str) -> tuple[int, bool]:
+        """``(stream_id, closed)`` of a stream, creating it (open and empty) if needed; fenced on the run."""
         with self._write(f"open stream {key!r} of {workflow_id!r}") as conn:
+            _fence(conn, workflow_id, executor_id)
             stream_id, _, closed = _open_stream(conn, workflow_id, key)
         return stream_id, closed != OPEN
 
-    def append_one(self, stream_id: int, encoded: tuple[int, Any], position: int, attempt: int) -> int | None:
+    def append_one(
+        self,
+        stream_id: int,
+        encoded: tuple[int, Any],
+        position: int,
+        attempt: int,
+        workflow_id: str,
+        executor_id: str,
+    ) -> int | None:
         """Append one value to an existing stream in its own transaction; its offset, None if closed.
 
         The hot path of unbatched writes. This process remembers the next offset of each stream it
         appended to, so a value usually costs one autocommitted insert, like a raw one-row
-        transaction. Entries are never deleted, so a remembered offset can only be stale by being
-        too low (another process appended, or the stream was closed by an end-of-stream entry):
-        the primary key then refuses the insert, and the slow path reads the real end.
+        transaction. Value entries are never deleted (only end-of-stream entries, by a resume), so a
+        remembered offset can only be stale by being too low (another process appended, or the
+        stream was closed by an end-of-stream entry): the primary key then refuses the insert, and
+        the slow path reads the real end. Fenced on the run like every write of a workflow.
         """
-        row = (stream_id, self._next_offsets.get(stream_id, -1), encoded[0], encoded[1], position, attempt)
+        row = (stream_id, self._next_offsets.get(stream_id, -1), encoded[0], encoded[1], position, attempt,
+               workflow_id, executor_id)  # fmt: skip
         with self._write_lock:
             conn = self._writer()
             if row[1] >= 0:
                 try:
-                    conn.execute(_INSERT_ENTRY, row)
-                    self._next_offsets[stream_id] = row[1] + 1
-                    return row[1]
+                    conn.execute(_INSERT_ENTRY_WHILE_OWNED, row)
+                    if conn.changes() == 1:
+                        self._next_offsets[stream_id] = row[1] + 1
+                        return row[1]
                 except apsw.ConstraintError:
                     pass
                 except apsw.Error as exc:
@@ -596,16 +762,19 @@ class SQLiteStorage:
         stream_id = row[0]
         try:
             conn.execute("BEGIN IMMEDIATE")
+            _fence(conn, row[6], row[7])
             last = conn.execute(_LAST_ENTRY, (stream_id,)).fetchall()
             appended = not last or last[0][1] != END_OF_STREAM
             if appended:
                 offset = last[0][0] + 1 if last else 0
-                conn.execute(_INSERT_ENTRY, (stream_id, offset, *row[2:]))
+                conn.execute(_INSERT_ENTRY, (stream_id, offset, *row[2:6]))
             conn.execute("COMMIT")
-        except apsw.Error as exc:
+        except (apsw.Error, WorkflowCancelledError, StaleRunError) as exc:
             if not conn.get_autocommit():
                 conn.execute("ROLLBACK")
-            raise self._database_error("append to a stream", exc) from exc
+            if isinstance(exc, apsw.Error):
+                raise self._database_error("append to a stream", exc) from exc
+            raise
         if len(self._next_offsets) >= MAX_REMEMBERED_OFFSETS:
             self._next_offsets.clear()
         if not appended:
@@ -615,19 +784,29 @@ class SQLiteStorage:
         return offset
 
     def append_groups(
-        self, groups: Sequence[StreamGroup]
+        self, groups: Sequence[StreamGroup], executor_id: str
     ) -> tuple[dict[str, BaseException], list[tuple[int, int, list[tuple[int, Any]]]]]:
         """Append several groups of values (each: one stream, one step attempt) in one transaction.
 
-        Returns ``(failures, placed)``: a group whose stream is closed is skipped and ``failures``
-        maps its workflow id to a StreamClosedError; ``placed`` says where the others went, as
-        ``(stream_id, first offset, values)``. Offsets stay dense: each stream's next offset is
-        read inside the transaction.
+        Returns ``(failures, placed)``: a group whose stream is closed, or whose workflow this
+        executor no longer runs (fenced), is skipped and ``failures`` maps its workflow id to the
+        error; ``placed`` says where the others went, as ``(stream_id, first offset, values)``.
+        Offsets stay dense: each stream's next offset is read inside the transaction.
         """
         failures: dict[str, BaseException] = {}
         placed: list[tuple[int, int, list[tuple[int, Any]]]] = []
+        owned: set[str] = set()
         with self._write(f"append to {len(groups)} stream group(s)") as conn:
             for group in groups:
+                if group.workflow_id in failures:
+                    continue
+                if group.workflow_id not in owned:
+                    try:
+                        _fence(conn, group.workflow_id, executor_id)
+                    except (WorkflowCancelledError, StaleRunError) as exc:
+                        failures[group.workflow_id] = exc
+                        continue
+                    owned.add(group.workflow_id)
                 stream_id, offset, closed = _open_stream(conn, group.workflow_id, group.key)
                 if closed != OPEN:
                     failures[group.workflow_id] = StreamClosedError(
@@ -638,9 +817,10 @@ class SQLiteStorage:
                 placed.append((stream_id, offset, group.values))
         return failures, placed
 
-    def close_stream(self, workflow_id: str, key: str) -> None:
-        """Mark a stream closed by its workflow (creating it empty if needed); idempotent."""
+    def close_stream(self, workflow_id: str, key: str, executor_id: str) -> None:
+        """Mark a stream closed by its workflow (creating it empty if needed); idempotent; fenced."""
         with self._write(f"close stream {key!r} of {workflow_id!r}") as conn:
+            _fence(conn, workflow_id, executor_id)
             stream_id, offset, closed = _open_stream(conn, workflow_id, key)
             if closed == OPEN:
                 conn.execute(
@@ -728,6 +908,251 @@ class SQLiteStorage:
             ).fetchall()
         return [StreamRow(*row) for row in rows]
 
+    # ---- events and messages ----------------------------------------------------------------------
+
+    def set_event(
+        self,
+        workflow_id: str,
+        key: str,
+        encoded: tuple[int, Any],
+        position: int,
+        executor_id: str,
+        checkpoint: StepRow | None = None,
+    ) -> None:
+        """Set the latest value of an event of a running workflow (with its checkpoint), fenced on the run."""
+        with self._write(f"set event {key!r} of {workflow_id!r}") as conn:
+            _fence(conn, workflow_id, executor_id)
+            conn.execute(
+                "INSERT INTO events (workflow_id, key, encoding, value, position, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workflow_id, key) DO UPDATE SET "
+                "encoding = excluded.encoding, value = excluded.value, position = excluded.position, "
+                "updated_at = excluded.updated_at",
+                (workflow_id, key, encoded[0], encoded[1], position, time.time()),
+            )
+            if checkpoint is not None:
+                conn.execute(_INSERT_STEP, checkpoint)
+
+    def get_event(self, workflow_id: str, key: str) -> tuple[str, tuple[int, Any] | None] | None:
+        """``(workflow status, (encoding, value) or None if unset)`` in one snapshot; None if no workflow."""
+        with self._translate_errors(f"read event {key!r} of {workflow_id!r}"):
+            rows = self._connection().execute(
+                "SELECT w.status, e.encoding, e.value, e.key IS NOT NULL FROM workflows w "
+                "LEFT JOIN events e ON e.workflow_id = w.workflow_id AND e.key = ? WHERE w.workflow_id = ?",
+                (key, workflow_id),
+            ).fetchall()
+        if not rows:
+            return None
+        status, encoding, value, found = rows[0]
+        return status, ((encoding, value) if found else None)
+
+    def list_events(self, workflow_id: str) -> list[EventRow]:
+        """A workflow's events (latest values) by key."""
+        with self._read(f"list events of {workflow_id!r}") as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join(EventRow._fields)} FROM events WHERE workflow_id = ? ORDER BY key",
+                (workflow_id,),
+            ).fetchall()
+        return [EventRow(*row) for row in rows]
+
+    def send_message(
+        self,
+        workflow_id: str,
+        topic: str | None,
+        encoded: tuple[int, Any],
+        idempotency_key: str | None = None,
+        checkpoint: tuple[StepRow, str] | None = None,
+    ) -> bool:
+        """Queue a message for a workflow that has not ended; False if ``idempotency_key`` already landed.
+
+        Raises WorkflowNotFoundError for an unknown workflow and WorkflowStatusError for one with a
+        final status, writing nothing. With ``checkpoint`` = ``(step row, executor id)`` (a send from
+        a workflow body), the sender's checkpoint commits with the message, fenced on the sender's run.
+        """
+        with self._write(f"send a message to {workflow_id!r}") as conn:
+            if checkpoint is not None:
+                _fence(conn, checkpoint[0].workflow_id, checkpoint[1])
+            if idempotency_key is not None and conn.execute(
+                "SELECT 1 FROM messages WHERE workflow_id = ? AND idempotency_key = ?", (workflow_id, idempotency_key)
+            ).fetchall():
+                return False
+            status = conn.execute("SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)).fetchall()
+            if not status:
+                raise WorkflowNotFoundError(workflow_id)
+            if status[0][0] not in ACTIVE_STATUSES:
+                raise WorkflowStatusError(
+                    f"cannot send to workflow {workflow_id!r}: it has ended ({status[0][0]})", status[0][0]
+                )
+            conn.execute(
+                "INSERT INTO messages (workflow_id, topic, encoding, value, idempotency_key, sent_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (workflow_id, topic, encoded[0], encoded[1], idempotency_key, time.time()),
+            )
+            if checkpoint is not None:
+                conn.execute(_INSERT_STEP, checkpoint[0])
+        return True
+
+    def consume_message(self, checkpoint: StepRow, topic: str | None, executor_id: str) -> tuple[int, Any] | None:
+        """Take the oldest unconsumed message of ``topic`` and record it as the checkpoint, atomically.
+
+        Returns the message's ``(encoding, value)``, or None (nothing written) when there is none.
+        The consumption and the checkpoint commit together, so a message is received exactly once.
+        Fenced on the run.
+        """
+        workflow_id = checkpoint.workflow_id
+        with self._write(f"receive a message in {workflow_id!r}") as conn:
+            _fence(conn, workflow_id, executor_id)
+            rows = conn.execute(
+                "SELECT message_id, encoding, value FROM messages WHERE workflow_id = ? AND topic IS ? "
+                "AND consumed_at IS NULL ORDER BY message_id LIMIT 1",
+                (workflow_id, topic),
+            ).fetchall()
+            if not rows:
+                return None
+            message_id, encoding, value = rows[0]
+            conn.execute("UPDATE messages SET consumed_at = ? WHERE message_id = ?", (time.time(), message_id))
+            conn.execute(_INSERT_STEP, checkpoint._replace(output_encoding=encoding, output=value))
+        return encoding, value
+
+    def pending_messages(self, workflow_id: str) -> list[MessageRow]:
+        """Messages sent to a workflow and not yet received, oldest first."""
+        with self._read(f"list messages of {workflow_id!r}") as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join(MessageRow._fields)} FROM messages "
+                "WHERE workflow_id = ? AND consumed_at IS NULL ORDER BY message_id",
+                (workflow_id,),
+            ).fetchall()
+        return [MessageRow(*row) for row in rows]
+
+    # ---- durable waits and changes ----------------------------------------------------------------
+
+    def wait_deadline(self, workflow_id: str, position: int, deadline: float, executor_id: str) -> float:
+        """The deadline of the wait at ``position``: the one first recorded there, else ``deadline`` (recorded).
+
+        A durable wait (sleep, recv, get_event) keeps its first deadline across crashes. Fenced.
+        """
+        with self._write(f"record a wait of {workflow_id!r}") as conn:
+            _fence(conn, workflow_id, executor_id)
+            conn.execute(
+                "INSERT INTO timers (workflow_id, position, deadline) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (workflow_id, position, deadline),
+            )
+            return conn.execute(
+                "SELECT deadline FROM timers WHERE workflow_id = ? AND position = ?", (workflow_id, position)
+            ).fetchall()[0][0]
+
+    def changes_since(self, seq: int | None) -> tuple[int, list[str] | None]:
+        """``(latest change number, workflows changed after seq)``; with seq None only the number.
+
+        Changes are numbered as they commit (by triggers on status, events and messages) and only
+        the latest 65,536 or so are kept: for a ``seq`` older than that the list is None (anything
+        may have changed).
+        """
+        with self._translate_errors("read workflow changes"):
+            conn = self._connection()
+            if seq is None:
+                return conn.execute("SELECT coalesce(max(seq), 0) FROM workflow_changes").fetchall()[0][0], []
+            rows = conn.execute("SELECT seq, workflow_id FROM workflow_changes WHERE seq > ?", (seq,)).fetchall()
+            if not rows:
+                return seq, []
+            if rows[0][0] != seq + 1 and conn.execute(
+                "SELECT 1 FROM workflow_changes WHERE seq <= ? LIMIT 1", (seq,)
+            ).fetchall() == []:
+                return rows[-1][0], None  # pruned past ``seq``
+        return rows[-1][0], [row[1] for row in rows]
+
+    # ---- management: cancel, resume, fork ---------------------------------------------------------
+
+    def cancel_workflow(self, workflow_id: str, reason: str) -> tuple[str, list[str]]:
+        """Cancel a workflow that has not ended and its unfinished descendants, in one transaction.
+
+        Returns ``(status before, ids cancelled)``; nothing is written for a workflow that has ended.
+        Each cancelled workflow gets status CANCELLED and its reason (descendants: CASCADE_REASON and
+        the parent's id), and its open streams are closed by termination.
+        """
+        with self._write(f"cancel workflow {workflow_id!r}") as conn:
+            rows = conn.execute("SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)).fetchall()
+            if not rows:
+                raise WorkflowNotFoundError(workflow_id)
+            if rows[0][0] not in ACTIVE_STATUSES:
+                return rows[0][0], []
+            tree = [(workflow_id, reason)] + [
+                (child, f"{CASCADE_REASON} {parent!r}: {reason}")
+                for child, parent in conn.execute(
+                    "WITH RECURSIVE tree(id) AS (SELECT ? UNION SELECT w.workflow_id FROM workflows w "
+                    "JOIN tree ON w.parent_id = tree.id) SELECT w.workflow_id, w.parent_id FROM workflows w "
+                    "JOIN tree ON w.workflow_id = tree.id WHERE w.workflow_id != ? AND w.status IN (?, ?)",
+                    (workflow_id, workflow_id, *ACTIVE_STATUSES),
+                ).fetchall()
+            ]
+            now = time.time()
+            for target, why in tree:
+                conn.execute(
+                    "UPDATE workflows SET status = 'CANCELLED', cancel_reason = ?, updated_at = ? "
+                    "WHERE workflow_id = ?",
+                    (why, now, target),
+                )
+                _close_open_streams(conn, target)
+        return rows[0][0], [target for target, _ in tree]
+
+    def resume_workflow(self, workflow_id: str) -> list[str]:
+        """Make a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow PENDING again, with no executor.
+
+        Its streams closed by termination reopen (their end entries go, so the next value takes the
+        next offset); streams the workflow closed stay closed. Recovery attempts, the cancel reason
+        and the deadline are cleared. Descendants cancelled with it are resumed too. Returns the ids
+        resumed; raises WorkflowStatusError (writing nothing) for any other status.
+        """
+        with self._write(f"resume workflow {workflow_id!r}") as conn:
+            rows = conn.execute("SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)).fetchall()
+            if not rows:
+                raise WorkflowNotFoundError(workflow_id)
+            if rows[0][0] not in RESUMABLE_STATUSES:
+                raise WorkflowStatusError(
+                    f"cannot resume workflow {workflow_id!r}: it is {rows[0][0]}; only "
+                    f"{' or '.join(RESUMABLE_STATUSES)} workflows can be resumed",
+                    rows[0][0],
+                )
+            resumed = [workflow_id] + [
+                row[0]
+                for row in conn.execute(
+                    "WITH RECURSIVE tree(id) AS (SELECT ? UNION SELECT w.workflow_id FROM workflows w "
+                    "JOIN tree ON w.parent_id = tree.id WHERE w.status = 'CANCELLED' AND w.cancel_reason LIKE ?) "
+                    "SELECT id FROM tree WHERE id != ?",
+                    (workflow_id, f"{CASCADE_REASON} %", workflow_id),
+                ).fetchall()
+            ]
+            now = time.time()
+            for target in resumed:
+                conn.execute(
+                    "UPDATE workflows SET status = 'PENDING', executor_id = NULL, recovery_attempts = 0, "
+                    "cancel_reason = NULL, deadline = NULL, output_encoding = NULL, output = NULL, error = NULL, "
+                    "error_pickle = NULL, updated_at = ? WHERE workflow_id = ?",
+                    (now, target),
+                )
+                _reopen_terminated_streams(conn, target)
+            _bump(conn, ANY_UNOWNED)
+        return resumed
+
+    def fork_workflow(self, workflow_id: str, new_id: str, start_step: int) -> WorkflowRow:
+        """A new PENDING workflow (no executor) with the inputs of ``workflow_id`` and its record before
+        ``start_step``: steps, waits and events at earlier positions, and the stream entries those
+        positions wrote (renumbered densely from 0, the streams open). One transaction.
+        """
+        with self._write(f"fork workflow {workflow_id!r}") as conn:
+            original = _fetch_workflow(conn, workflow_id)
+            if original is None:
+                raise WorkflowNotFoundError(workflow_id)
+            now = time.time()
+            deadline = None if original.timeout is None else now + original.timeout
+            row = WorkflowRow(new_id, original.name, "PENDING", original.inputs_encoding, original.inputs,
+                              None, None, None, None, None, 0, now, now, None, original.timeout, deadline)  # fmt: skip
+            conn.execute(_INSERT_WORKFLOW, row)
+            if conn.changes() == 0:
+                raise WorkflowConflictError(f"cannot fork {workflow_id!r} as {new_id!r}: that id exists")
+            _copy_record(conn, workflow_id, new_id, start_step)
+            _bump(conn, new_id, ANY_UNOWNED)
+        return row
+
     def file_sizes(self) -> dict[str, int]:
         """Bytes on disk of the database and its WAL."""
         sizes = {}
@@ -766,11 +1191,42 @@ def _fetch_workflow(conn: apsw.Connection, workflow_id: str) -> WorkflowRow | No
 
 _NEXT_OFFSET = "SELECT coalesce(max(offset) + 1, 0) FROM stream_entries e WHERE e.stream_id = s.stream_id"
 
+_READ_STATE = f"SELECT {_STATE_COLUMNS} FROM workflows WHERE workflow_id = ?"
 _READ_VALUES = "SELECT encoding, value FROM stream_entries WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?"
 _LAST_ENTRY = "SELECT offset, encoding FROM stream_entries WHERE stream_id = ? ORDER BY offset DESC LIMIT 1"
 _INSERT_ENTRY = (
     "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) VALUES (?, ?, ?, ?, ?, ?)"
 )
+_INSERT_ENTRY_WHILE_OWNED = (
+    f"INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
+    f"SELECT ?, ?, ?, ?, ?, ? {_WHILE_OWNED}"
+)
+# Changes of a workflow's status, events and messages are numbered by triggers (see the schema).
+_BUMP = "INSERT INTO workflow_changes (workflow_id) VALUES (?)"
+
+
+def _bump(conn: apsw.Connection, *workflow_ids: str) -> None:
+    """Mark workflows as changed for waiters in other processes (beyond what the triggers number)."""
+    for workflow_id in workflow_ids:
+        conn.execute(_BUMP, (workflow_id,))
+
+
+def _fence(conn: apsw.Connection, workflow_id: str, executor_id: str | None) -> None:
+    """Raise unless the workflow is PENDING and owned by ``executor_id`` (the run may still write)."""
+    rows = conn.execute(
+        "SELECT status, executor_id, cancel_reason FROM workflows WHERE workflow_id = ?", (workflow_id,)
+    ).fetchall()
+    if not rows:
+        raise WorkflowNotFoundError(workflow_id)
+    status, owner, reason = rows[0]
+    if status == "PENDING" and owner == executor_id:
+        return
+    if status == "CANCELLED":
+        raise WorkflowCancelledError(f"workflow {workflow_id!r} was cancelled" + (f": {reason}" if reason else ""))
+    raise StaleRunError(
+        f"workflow {workflow_id!r} is {status} and owned by executor {owner!r}; "
+        f"this run of it (executor {executor_id!r}) stops"
+    )
 
 
 def _open_stream(conn: apsw.Connection, workflow_id: str, key: str) -> tuple[int, int, int]:
@@ -804,6 +1260,51 @@ def _close_open_streams(conn: apsw.Connection, workflow_id: str) -> None:
         "UPDATE streams SET closed = ? WHERE workflow_id = ? AND closed = ?",
         (CLOSED_BY_TERMINATION, workflow_id, OPEN),
     )
+
+
+def _reopen_terminated_streams(conn: apsw.Connection, workflow_id: str) -> None:
+    """Undo "closed by termination": drop those streams' end entries and mark them open."""
+    conn.execute(
+        "DELETE FROM stream_entries WHERE encoding = ? AND stream_id IN "
+        "(SELECT stream_id FROM streams WHERE workflow_id = ? AND closed = ?)",
+        (END_OF_STREAM, workflow_id, CLOSED_BY_TERMINATION),
+    )
+    conn.execute(
+        "UPDATE streams SET closed = ? WHERE workflow_id = ? AND closed = ?",
+        (OPEN, workflow_id, CLOSED_BY_TERMINATION),
+    )
+
+
+def _copy_record(conn: apsw.Connection, source: str, target: str, before: int) -> None:
+    """Copy what ``source`` recorded at positions < ``before`` to ``target`` (a fork)."""
+    conn.execute(
+        f"INSERT INTO steps ({_STEP_COLUMNS}) SELECT ?, {_STEP_COLUMNS.split(', ', 1)[1]} FROM steps "
+        "WHERE workflow_id = ? AND position < ?",
+        (target, source, before),
+    )
+    conn.execute(
+        "INSERT INTO timers (workflow_id, position, deadline) SELECT ?, position, deadline FROM timers "
+        "WHERE workflow_id = ? AND position < ?",
+        (target, source, before),
+    )
+    conn.execute(
+        "INSERT INTO events (workflow_id, key, encoding, value, position, updated_at) "
+        "SELECT ?, key, encoding, value, position, updated_at FROM events WHERE workflow_id = ? AND position < ?",
+        (target, source, before),
+    )
+    streams = conn.execute(
+        "SELECT stream_id, key FROM streams s WHERE workflow_id = ? AND EXISTS (SELECT 1 FROM stream_entries e "
+        "WHERE e.stream_id = s.stream_id AND e.position >= 0 AND e.position < ?)",
+        (source, before),
+    ).fetchall()
+    for stream_id, key in streams:
+        conn.execute("INSERT INTO streams (workflow_id, key) VALUES (?, ?)", (target, key))
+        conn.execute(
+            "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
+            "SELECT ?, row_number() OVER (ORDER BY offset) - 1, encoding, value, position, attempt "
+            "FROM stream_entries WHERE stream_id = ? AND encoding != ? AND position >= 0 AND position < ?",
+            (conn.last_insert_rowid(), stream_id, END_OF_STREAM, before),
+        )
 
 
 def _is_readonly(conn: apsw.Connection) -> bool:

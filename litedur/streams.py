@@ -188,9 +188,10 @@ class AsyncStreamReader(AsyncIterator[Any]):
 class StreamWriter:
     """Commits stream values in groups from one background thread (started on first use)."""
 
-    def __init__(self, storage: SQLiteStorage, feed: ChangeFeed) -> None:
+    def __init__(self, storage: SQLiteStorage, feed: ChangeFeed, executor_id: str) -> None:
         self._storage = storage
         self._feed = feed
+        self._executor_id = executor_id  # every write is fenced on the run still being this executor's
         self._condition = threading.Condition(threading.Lock())
         self._pending: list[tuple[str, str, int, int, tuple[int, Any]]] = []
         self._queued = 0
@@ -280,6 +281,6 @@ class StreamWriter:
             else:
                 groups.append(StreamGroup(workflow_id, key, position, attempt, [encoded]))
         try:
-            return self._storage.append_groups(groups)
+            return self._storage.append_groups(groups, self._executor_id)
         except Exception as exc:  # e.g. disk full: every step in the batch learns it at its flush
             return {group.workflow_id: exc for group in groups}, []

@@ -21,7 +21,11 @@ import struct
 import sys
 import threading
 import time
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 SAFETY_NET = 1.0
 SETTLE = 0.001
@@ -49,6 +53,9 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._waiting: set[Waiter] = set()
         self._idle_watches: list[_Watch] = []
+        self._signals: weakref.WeakSet[WorkflowSignals] = weakref.WeakSet()
+        self.signal_path = signal_path(db_path)
+        self._signal_fd = -1
 
     @property
     def version(self) -> int:
@@ -78,6 +85,23 @@ class ChangeFeed:
                         waiter.published.append((offset, values))
         for waiter in waiting:
             waiter.ring()
+
+    def signal(self, workflow_ids: Iterable[str]) -> None:
+        """This process committed changes to these workflows (a message, an event, a status): wake
+        their waiters here directly, and those of other processes through the signal file."""
+        ids = list(workflow_ids)
+        for signals in list(self._signals):
+            signals.ring(ids, "hand-over")
+        self._touch_signal_file()
+        self.notify()
+
+    def _touch_signal_file(self) -> None:
+        # One byte rewritten in place: a file-change event for every watcher, and the file never grows.
+        if self._signal_fd < 0:
+            self._signal_fd = _open_signal_file(self.signal_path)
+        if self._signal_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.pwrite(self._signal_fd, b"\0", 0)
 
     def waiter(self, wait: str = "auto") -> Waiter:
         """A waiter for one reader. ``wait``: "auto", "notify" or "poll" (also env LITEDUR_WAIT=poll)."""
@@ -228,6 +252,233 @@ class Waiter:
             self.close()
 
 
+class Interest:
+    """One waiting thread's subscription to changes of some workflows (of any workflow, given none)."""
+
+    def __init__(self, signals: WorkflowSignals, workflow_ids: tuple[str, ...]) -> None:
+        self._signals = signals
+        self.workflow_ids = workflow_ids
+        self._event = threading.Event()
+        self.woken_by: str | None = None  # "hand-over", "file", "poll" or "safety-net": how the last ring came
+
+    def arm(self) -> None:
+        """Forget earlier rings; call before checking the database."""
+        self._event.clear()
+
+    def ring(self, how: str) -> None:
+        self.woken_by = how
+        self._event.set()
+
+    def rung(self) -> bool:
+        """True if rung since the last `arm`."""
+        return self._event.is_set()
+
+    def wait(self, deadline: float | None) -> bool:
+        """Block until rung (True) or ``deadline`` (a time.monotonic() value) passes (False)."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._event.wait(timeout)
+
+    def close(self) -> None:
+        self._signals._unregister(self)
+
+    def __enter__(self) -> Interest:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class WorkflowSignals:
+    """Wakes threads that wait for something of a workflow: a message, an event, a status change.
+
+    A thread registers an `Interest` in some workflow ids and waits on it. A change made in this
+    process rings those interests directly (`ChangeFeed.signal`). Every such change is also recorded
+    in storage as a numbered workflow change, and its process rewrites one byte of the file's
+    *signal file* after the commit. One watcher thread per client waits for file events on that
+    signal file (inotify/kqueue, as stream readers do on the database; commits of steps and stream
+    values do not touch it, so they wake nobody here), then reads the changes after the last number
+    it saw (one indexed query for all the waiting threads) and rings the interests of the workflows
+    that changed. Without file events it polls that query; with them it still asks every
+    `SAFETY_NET` seconds (a writer killed between its commit and its signal), while anyone waits.
+    Idle, it sleeps on its bell.
+    """
+
+    def __init__(
+        self,
+        feed: ChangeFeed,
+        changes_since: Callable[[int | None], tuple[int, list[str] | None]],
+        wait: str = "auto",
+    ) -> None:
+        self._feed = feed
+        self._changes_since = changes_since
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._by_id: dict[str, set[Interest]] = {}
+        self._any: set[Interest] = set()
+        self._count = 0
+        self._last: int | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._bell = _Bell()
+        self._watch: _Watch | None = None
+        self.rings: dict[str, int] = {"hand-over": 0, "file": 0, "poll": 0, "safety-net": 0}
+        self.queries = 0
+        feed._signals.add(self)
+
+    def interest(self, *workflow_ids: str) -> Interest:
+        """Register a waiting thread's interest in ``workflow_ids`` (any workflow, given none)."""
+        interest = Interest(self, workflow_ids)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the client waiting here is closed")
+            first = self._count == 0
+            if first:
+                self._start_watching()
+            self._count += 1
+            if workflow_ids:
+                for workflow_id in workflow_ids:
+                    self._by_id.setdefault(workflow_id, set()).add(interest)
+            else:
+                self._any.add(interest)
+        if first:
+            self._bell.ring()  # the watcher sleeps on its bell alone while nobody waits
+        return interest
+
+    def _start_watching(self) -> None:
+        # Called with the lock held, before the caller checks the database. _last only grows and is
+        # never above the newest change, so a change committed after the caller's check is read.
+        if self._thread is not None:
+            return
+        if self._wait != "poll" and os.environ.get("LITEDUR_WAIT", "").lower() != "poll":
+            self._watch = _open_signal_watch(self._feed.signal_path)
+        self._last = self._changes_since(None)[0]
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="litedur-signals", daemon=True)
+            self._thread.start()
+
+    def _unregister(self, interest: Interest) -> None:
+        with self._lock:
+            if interest in self._any:
+                self._any.discard(interest)
+            elif interest.workflow_ids:
+                for workflow_id in interest.workflow_ids:
+                    waiting = self._by_id.get(workflow_id)
+                    if waiting is not None:
+                        waiting.discard(interest)
+                        if not waiting:
+                            del self._by_id[workflow_id]
+            else:
+                return
+            self._count -= 1
+
+    def ring(self, workflow_ids: Iterable[str], how: str) -> None:
+        """Ring the interests in these workflows (and those in any workflow)."""
+        with self._lock:
+            if not self._count:
+                return
+            targets = set(self._any)
+            for workflow_id in workflow_ids:
+                targets.update(self._by_id.get(workflow_id, ()))
+        for interest in targets:
+            self.rings[how] += 1
+            interest.ring(how)
+
+    def wait_for(
+        self, workflow_ids: tuple[str, ...], check: Callable[[], tuple[bool, T]], deadline: float | None
+    ) -> tuple[bool, T | None]:
+        """Call ``check`` until it says done, re-checking whenever these workflows change.
+
+        Returns ``(True, value)`` from ``check``, or ``(False, None)`` once ``deadline`` (monotonic)
+        passes. The interest is armed before each check, so no change between a check and the wait
+        is missed.
+        """
+        with self.interest(*workflow_ids) as interest:
+            while True:
+                interest.arm()
+                done, value = check()
+                if done:
+                    return True, value
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False, None
+                interest.wait(deadline)
+
+    def close(self) -> None:
+        """Stop the watcher thread and release its descriptors."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+        self._bell.ring()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._bell.close()
+        self._feed._signals.discard(self)
+
+    def _run(self) -> None:
+        poll_interval = POLL_FIRST
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                active = self._count > 0
+                watch = self._watch
+            if not active:
+                _wait_readable([self._bell.fileno()], None)
+                self._bell.drain()
+                continue
+            if watch is None:
+                timeout, how = poll_interval, "poll"
+                poll_interval = min(poll_interval * POLL_GROWTH, POLL_MAX)
+            else:
+                timeout, how = SAFETY_NET, "safety-net"
+            ready = _wait_readable([self._bell.fileno()] + ([watch.fileno()] if watch else []), timeout)
+            if self._bell.fileno() in ready:
+                self._bell.drain()
+                if watch is None or watch.fileno() not in ready:
+                    continue  # an interest came or went: wait again with the new set
+            if watch is not None and watch.fileno() in ready:
+                if not watch.drain():
+                    continue
+                how = "file"
+            changed = self._read_changes()
+            if changed is None:  # too far behind to know what changed: everyone checks again
+                self._ring_everyone(how)
+            elif changed:
+                poll_interval = POLL_FIRST
+                self.ring(changed, how)
+
+    def _ring_everyone(self, how: str) -> None:
+        with self._lock:
+            targets = set(self._any).union(*self._by_id.values())
+        for interest in targets:
+            interest.ring(how)
+
+    def _read_changes(self) -> list[str] | None:
+        with self._lock:
+            since = self._last
+        try:
+            seq, changed = self._changes_since(since)
+        except Exception:  # a busy or closing database: the next event or slice asks again
+            return []
+        self.queries += 1
+        with self._lock:
+            self._last = seq if self._last is None else max(self._last, seq)
+        return changed
+
+
+def _wait_readable(fds: list[int], timeout: float | None) -> list[int]:
+    """The descriptors among ``fds`` that became readable within ``timeout`` seconds (None: no limit)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        millis = None if timeout is None else max(1, int(timeout * 1000 + 0.999))
+        return [fd for fd, _ in poller.poll(millis)]
+    return select.select(fds, [], [], timeout)[0]
+
+
 class _Bell:
     """A self-pipe that another thread rings to end a wait (an Event where poll is missing)."""
 
@@ -279,12 +530,66 @@ class _Watch:
         raise NotImplementedError
 
 
+# Each process signals through a file of its own where the kernel names the file in its events
+# (inotify), so a watcher ignores its own process's signals; elsewhere all share one file.
+_OWN_SIGNAL_FILE = sys.platform.startswith("linux")
+SIGNAL_PREFIX = "signal"
+
+
+def signal_path(db_path: str) -> str:
+    """The file this process rewrites to tell others "workflows changed" (next to the executor locks)."""
+    from .liveness import lock_directory
+
+    name = f"{SIGNAL_PREFIX}-{os.getpid()}" if _OWN_SIGNAL_FILE else SIGNAL_PREFIX
+    return os.path.join(lock_directory(db_path), name)
+
+
+def _open_signal_file(path: str) -> int:
+    """A descriptor for rewriting a signal file (created with its directory), or -1 if impossible."""
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        return -1
+    if _OWN_SIGNAL_FILE:
+        import atexit
+
+        atexit.register(_remove_quietly, path)
+    return fd
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _open_signal_watch(own_path: str) -> _Watch | None:
+    """A watch that fires when another process rewrites its signal file, or None (then the watcher polls)."""
+    directory, own = os.path.split(own_path)
+    with contextlib.suppress(OSError):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        if _OWN_SIGNAL_FILE and _libc() is not None:
+            prefix, mine = SIGNAL_PREFIX.encode(), own.encode()
+            return _InotifyWatch(directory, lambda name: name.startswith(prefix) and name != mine)
+        if hasattr(select, "kqueue"):
+            fd = _open_signal_file(own_path)
+            if fd >= 0:
+                os.close(fd)
+                return _KqueueFileWatch(own_path)
+    except OSError:
+        pass
+    return None
+
+
 def _open_watch(db_path: str) -> _Watch | None:
     """A watch on the database's directory (SQLite deletes and recreates the -wal), or None."""
     directory, base = os.path.split(os.path.abspath(db_path))
     try:
         if sys.platform.startswith("linux") and _libc() is not None:
-            return _InotifyWatch(directory, base)
+            names = {base.encode(), f"{base}-wal".encode()}
+            return _InotifyWatch(directory, names.__contains__)
         if hasattr(select, "kqueue"):
             return _KqueueWatch(directory, base)
     except OSError:
@@ -320,10 +625,12 @@ def _errno() -> int:
 
 
 class _InotifyWatch(_Watch):
-    def __init__(self, directory: str, base: str) -> None:
+    """inotify on a directory; events for the file names that ``concerns`` accepts count."""
+
+    def __init__(self, directory: str, concerns: Callable[[bytes], bool]) -> None:
         libc = _libc()
         assert libc is not None
-        self._names = {base.encode(), f"{base}-wal".encode()}
+        self._concerns = concerns
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             raise OSError(_errno(), "inotify_init1 failed")
@@ -344,16 +651,16 @@ class _InotifyWatch(_Watch):
                 events = os.read(self._fd, _READ_SIZE)
             except BlockingIOError:
                 return relevant
-            relevant = relevant or self._concerns_database(events)
+            relevant = relevant or self._concerns_any(events)
             if len(events) < _READ_SIZE // 2:  # the queue is empty (no need for a failing read)
                 return relevant
 
-    def _concerns_database(self, events: bytes) -> bool:
+    def _concerns_any(self, events: bytes) -> bool:
         at = 0
         while at + _EVENT_HEADER.size <= len(events):
             length = _EVENT_HEADER.unpack_from(events, at)[3]
             start = at + _EVENT_HEADER.size
-            if events[start : start + length].rstrip(b"\0") in self._names:
+            if self._concerns(events[start : start + length].rstrip(b"\0")):
                 return True
             at = start + length
         return False
@@ -404,6 +711,27 @@ class _KqueueWatch(_Watch):
                     os.close(fd)
         self._files.clear()
         self._wal_fd = -1
+        self._kqueue.close()
+
+
+class _KqueueFileWatch(_Watch):
+    """kqueue on one file (the signal file): readable when it is written."""
+
+    def __init__(self, path: str) -> None:
+        self._kqueue = select.kqueue()
+        self._fd = os.open(path, os.O_RDONLY)
+        flags = select.KQ_EV_ADD | select.KQ_EV_CLEAR
+        self._kqueue.control([select.kevent(self._fd, select.KQ_FILTER_VNODE, flags, select.KQ_NOTE_WRITE)], 0)
+
+    def fileno(self) -> int:
+        return self._kqueue.fileno()
+
+    def drain(self) -> bool:
+        return bool(self._kqueue.control(None, 64, 0))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
         self._kqueue.close()
 
 

@@ -110,23 +110,17 @@ def test_one_commit_per_value_stays_dense_when_another_connection_appends_or_clo
     """append_one remembers each stream's next offset; a stale one must never leave a gap or pass a close."""
     from litedur.storage import SQLiteStorage
 
-    with litedur.Engine(db) as app:
-
-        @app.workflow(name="holder")
-        def holder() -> None:
-            app.write_stream("other", "x")
-
-        with litedur.SetWorkflowID("w"):
-            holder()
     first, second = SQLiteStorage(db), SQLiteStorage(db)
+    owner = "test-executor"  # a PENDING workflow of this executor, so its writes pass the fence
     try:
-        stream_id, closed = first.open_stream("w", KEY)
+        first.create_workflow("w", "holder", (1, '{"args":[],"kwargs":{}}'), owner)
+        stream_id, closed = first.open_stream("w", KEY, owner)
         assert not closed
-        assert [first.append_one(stream_id, (0, f"a{i}"), 0, 1) for i in range(3)] == [0, 1, 2]
-        assert second.append_one(stream_id, (0, "b3"), 0, 1) == 3  # `first` still expects offset 3 next
-        assert first.append_one(stream_id, (0, "a4"), 0, 1) == 4
-        second.close_stream("w", KEY)
-        assert first.append_one(stream_id, (0, "after close"), 0, 1) is None
+        assert [first.append_one(stream_id, (0, f"a{i}"), 0, 1, "w", owner) for i in range(3)] == [0, 1, 2]
+        assert second.append_one(stream_id, (0, "b3"), 0, 1, "w", owner) == 3  # `first` still expects 3 next
+        assert first.append_one(stream_id, (0, "a4"), 0, 1, "w", owner) == 4
+        second.close_stream("w", KEY, owner)
+        assert first.append_one(stream_id, (0, "after close"), 0, 1, "w", owner) is None
     finally:
         first.close()
         second.close()

@@ -1,0 +1,82 @@
+"""Options for the next workflow started in a ``with`` block: its id and its timeout."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+
+from .timers import check_timeout
+
+_next_workflow_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "litedur_next_workflow_id", default=None
+)
+_UNSET = object()
+_timeout: contextvars.ContextVar[float | None | object] = contextvars.ContextVar("litedur_timeout", default=_UNSET)
+
+
+class SetWorkflowID:
+    """``with SetWorkflowID("id"):`` gives the next workflow started, called or forked in the block that id."""
+
+    def __init__(self, workflow_id: str) -> None:
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise TypeError(f"workflow id must be a non-empty str, not {workflow_id!r}")
+        self.workflow_id = workflow_id
+        self._token: contextvars.Token[str | None] | None = None
+
+    def __enter__(self) -> SetWorkflowID:
+        self._token = _next_workflow_id.set(self.workflow_id)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        _next_workflow_id.reset(self._token)
+
+
+class SetWorkflowTimeout:
+    """``with SetWorkflowTimeout(seconds):`` gives every workflow started or called in the block a
+    durable deadline ``seconds`` after its start (None: no timeout), instead of ``@workflow(timeout=)``.
+
+    The deadline is stored with the workflow, survives restarts and bounds its children's; when it
+    passes, the workflow and its children are cancelled (reason in ``get_status().cancel_reason``).
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = check_timeout(seconds, "workflow timeout")
+        self._token: contextvars.Token[float | None | object] | None = None
+
+    def __enter__(self) -> SetWorkflowTimeout:
+        self._token = _timeout.set(self.seconds)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        _timeout.reset(self._token)
+
+
+def chosen_workflow_id() -> str | None:
+    """The id a SetWorkflowID block chose for the next start, if any (not taken)."""
+    return _next_workflow_id.get()
+
+
+def take_workflow_id() -> str:
+    """The id for the workflow starting now: a SetWorkflowID block's (used up), else a new random one."""
+    chosen = _next_workflow_id.get()
+    if chosen is not None:
+        _next_workflow_id.set(None)
+        return chosen
+    return random_uuid()
+
+
+def chosen_timeout(default: float | None) -> float | None:
+    """The timeout of the workflow starting now: a SetWorkflowTimeout block's, else ``default``."""
+    chosen = _timeout.get()
+    return default if chosen is _UNSET else chosen  # type: ignore[return-value]
+
+
+def random_uuid() -> str:
+    """A random (version 4) UUID in its usual text form, without importing uuid (which is slow)."""
+    data = bytearray(os.urandom(16))
+    data[6] = data[6] & 0x0F | 0x40
+    data[8] = data[8] & 0x3F | 0x80
+    text = data.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
