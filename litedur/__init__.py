@@ -22,6 +22,7 @@ from .errors import (
     StreamClosedError,
     WorkflowCancelledError,
     WorkflowConflictError,
+    WorkflowInterrupted,
     WorkflowNotFoundError,
     WorkflowStatusError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "WorkflowCancelledError",
     "WorkflowConflictError",
     "WorkflowHandle",
+    "WorkflowInterrupted",
     "WorkflowNotFoundError",
     "WorkflowStatus",
     "WorkflowStatusError",

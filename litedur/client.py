@@ -255,8 +255,8 @@ class Client:
         """
         return bool(self._cancel(workflow_id, management.REQUESTED))
 
-    def _cancel(self, workflow_id: str, reason: str) -> list[str]:
-        return management.cancel(self, workflow_id, reason)
+    def _cancel(self, workflow_id: str, reason: str, if_deadline: float | None = None) -> list[str]:
+        return management.cancel(self, workflow_id, reason, if_deadline)
 
     def resume_workflow(self, workflow_id: str) -> WorkflowHandle:
         """Let a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow continue from its last checkpoint.

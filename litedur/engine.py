@@ -33,7 +33,9 @@ from .errors import (
     NonDeterminismError,
     NotInWorkflowError,
     SerializationError,
+    StaleRunError,
     StreamClosedError,
+    WorkflowCancelledError,
     WorkflowConflictError,
 )
 from .storage import ANY_UNOWNED, WRITE_STREAM_STEP, StepRow, WorkflowRow
@@ -241,12 +243,16 @@ class Engine(Client):
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop recovering, wait up to ``timeout`` s for running workflows, then release the file.
 
+        A step that is running finishes; a workflow in a durable wait (``sleep``, ``recv``,
+        ``get_event``, a child's ``get_result``) stops waiting at once and stays PENDING: the next
+        launch of any process on the file resumes it, with the wait's original deadline.
+
         If workflows are still running when the timeout passes, the executor keeps its lock (they
         are still alive, nobody may adopt them) and the connections stay open for them.
         """
         self._stopping.set()
-        if self._recovery_interest is not None:
-            self._recovery_interest.ring("hand-over")
+        if self._signals_or_none is not None:  # durable waits end now; their workflows resume on a later launch
+            self._signals_or_none.ring_everyone("hand-over")
         if self._recovery_thread is not None:
             self._recovery_thread.join()
             self._recovery_thread = None
@@ -468,9 +474,17 @@ class Engine(Client):
             if not self._finish(run, "SUCCESS", output=output):
                 raise timers.stopped_error(self, run)
             return result
+        except (WorkflowCancelledError, StaleRunError):
+            self._forget_running(executor, workflow_id)
+            self._wake_recovery()  # a resume while this run was stopping waited for it to leave
+            raise
         finally:
             self._forget_running(executor, workflow_id)
             self._feed.notify()
+
+    def _wake_recovery(self) -> None:
+        if self._recovery_interest is not None:
+            self._recovery_interest.ring("hand-over")
 
     def _finish(self, run: _Run, status: str, **outcome: Any) -> bool:
         finished = self._storage.finish_workflow(
@@ -744,9 +758,9 @@ class Engine(Client):
         return management.await_child(self, run, workflow_id, timeout)
 
     def _cancel_at_deadline(self, workflow_id: str, deadline: float) -> None:
-        state = self._storage.workflow_state(workflow_id)
-        if state is not None and state.status == "PENDING" and state.deadline == deadline:
-            self._cancel(workflow_id, timers.timeout_reason(self._storage.get_workflow(workflow_id)))
+        row = self._storage.get_workflow(workflow_id)
+        if row is not None and row.status == "PENDING" and row.deadline == deadline:
+            self._cancel(workflow_id, timers.timeout_reason(row), if_deadline=deadline)
 
     def _body_run_for(self, what: str) -> _Run:
         run = self._body_run()

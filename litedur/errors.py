@@ -18,6 +18,9 @@ class WorkflowNotFoundError(LitedurError):
         super().__init__(f"no workflow with id {workflow_id!r}")
         self.workflow_id = workflow_id
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # recorded exceptions are pickled
+        return type(self), (self.workflow_id,)
+
 
 class WorkflowConflictError(LitedurError):
     """A workflow id is already taken by a workflow of another name."""
@@ -54,6 +57,9 @@ class RecordedError(LitedurError):
         self.type_name = type_name
         self.message = message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.type_name, self.message)
+
 
 class WorkflowCancelledError(LitedurError):
     """The workflow was cancelled: raised by ``get_result``, and inside the cancelled run at its next
@@ -71,6 +77,16 @@ class WorkflowStatusError(LitedurError):
     def __init__(self, message: str, status: str) -> None:
         super().__init__(message)
         self.status = status
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (str(self), self.status)
+
+
+class WorkflowInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt: not an error of the workflow
+    """Raised in a workflow's durable wait when its engine shuts down: the run stops without recording
+    anything, the workflow stays PENDING, and the next launch of any process resumes it (a sleep or
+    recv keeps its original deadline). A BaseException, so ``except Exception`` does not swallow it.
+    """
 
 
 class MaxRecoveryAttemptsExceededError(LitedurError):

@@ -34,10 +34,13 @@ def _check_id(workflow_id: Any) -> None:
         raise TypeError(f"workflow_id must be a str, not {type(workflow_id).__name__}")
 
 
-def cancel(client: Client, workflow_id: str, reason: str) -> list[str]:
-    """Cancel a workflow and its unfinished descendants; the ids cancelled (none if it had ended)."""
+def cancel(client: Client, workflow_id: str, reason: str, if_deadline: float | None = None) -> list[str]:
+    """Cancel a workflow and its unfinished descendants; the ids cancelled (none if it had ended).
+
+    With ``if_deadline`` (a timeout), only while the workflow still has that deadline.
+    """
     _check_id(workflow_id)
-    _, cancelled = client._storage.cancel_workflow(workflow_id, reason)
+    _, cancelled = client._storage.cancel_workflow(workflow_id, reason, if_deadline)
     if cancelled:
         client._feed.signal(cancelled)
     return cancelled

@@ -544,7 +544,7 @@ class SQLiteStorage:
     def claim_workflow(
         self, workflow_id: str, previous_executor: str | None, executor_id: str, max_recoveries: int
     ) -> str:
-        """Take over a PENDING workflow from ``previous_executor``, atomically.
+        """Take over a PENDING workflow from ``previous_executor`` (None: unowned), atomically.
 
         Returns "claimed" (this executor now owns it), "exceeded" (it was moved to
         MAX_RECOVERY_ATTEMPTS_EXCEEDED instead) or "lost" (someone else changed it first).
@@ -557,7 +557,8 @@ class SQLiteStorage:
             ).fetchall()
             if not row:
                 return "lost"
-            attempts = row[0][0] + 1
+            # Taking work nobody ran since a resume or fork is a first run, not a recovery.
+            attempts = row[0][0] + (previous_executor is not None)
             status = "PENDING" if attempts <= max_recoveries else "MAX_RECOVERY_ATTEMPTS_EXCEEDED"
             conn.execute(
                 "UPDATE workflows SET executor_id = ?, recovery_attempts = ?, status = ?, "
@@ -1062,10 +1063,13 @@ class SQLiteStorage:
 
     # ---- management: cancel, resume, fork ---------------------------------------------------------
 
-    def cancel_workflow(self, workflow_id: str, reason: str) -> tuple[str, list[str]]:
+    def cancel_workflow(
+        self, workflow_id: str, reason: str, if_deadline: float | None = None
+    ) -> tuple[str, list[str]]:
         """Cancel a workflow that has not ended and its unfinished descendants, in one transaction.
 
-        Returns ``(status before, ids cancelled)``; nothing is written for a workflow that has ended.
+        Returns ``(status before, ids cancelled)``; nothing is written for a workflow that has ended,
+        nor, given ``if_deadline``, for one whose deadline is no longer that (a resume cleared it).
         Each cancelled workflow gets status CANCELLED and its reason (descendants: CASCADE_REASON and
         the parent's id), and its open streams are closed by termination.
         """
@@ -1074,6 +1078,10 @@ class SQLiteStorage:
             if not rows:
                 raise WorkflowNotFoundError(workflow_id)
             if rows[0][0] not in ACTIVE_STATUSES:
+                return rows[0][0], []
+            if if_deadline is not None and conn.execute(
+                "SELECT deadline IS NOT ? FROM workflows WHERE workflow_id = ?", (if_deadline, workflow_id)
+            ).fetchall()[0][0]:
                 return rows[0][0], []
             tree = [(workflow_id, reason)] + [
                 (child, f"{CASCADE_REASON} {parent!r}: {reason}")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import LitedurError, StaleRunError, WorkflowCancelledError
+from .errors import LitedurError, StaleRunError, WorkflowCancelledError, WorkflowInterrupted
 from .storage import WorkflowRow, WorkflowState
 
 if TYPE_CHECKING:
@@ -92,7 +92,8 @@ def timeout_reason(row: WorkflowRow | None) -> str:
 
 def time_out(engine: Engine, run: _Run) -> None:
     """Cancel a run's workflow (and children) because its deadline passed, then raise that."""
-    engine._cancel(run.workflow_id, timeout_reason(engine._storage.get_workflow(run.workflow_id)))
+    row = engine._storage.get_workflow(run.workflow_id)
+    engine._cancel(run.workflow_id, timeout_reason(row), if_deadline=run.deadline)
     raise stopped_error(engine, run)
 
 
@@ -105,7 +106,8 @@ def wait_durably(
     others: tuple[str, ...] = (),
 ) -> tuple[bool, T | None]:
     """Wait at ``position`` until ``check`` says done, the wait's recorded deadline passes (False), or
-    the run must stop (raised). Wakes when this workflow or one of ``others`` changes.
+    the run must stop (raised; WorkflowInterrupted when the engine shuts down, which leaves the
+    workflow PENDING for the next launch). Wakes when this workflow or one of ``others`` changes.
     """
     end = None
     if timeout is not None:
@@ -114,6 +116,8 @@ def wait_durably(
         end = run.deadline if end is None else min(end, run.deadline)
 
     def check_run_then(check: Callable[[], tuple[bool, T]] = check) -> tuple[bool, T]:
+        if engine._stopping.is_set():
+            raise WorkflowInterrupted(f"workflow {run.workflow_id!r} left waiting: its engine is shutting down")
         check_running(engine, run)
         return check()
 

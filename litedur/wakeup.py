@@ -444,12 +444,13 @@ class WorkflowSignals:
                 how = "file"
             changed = self._read_changes()
             if changed is None:  # too far behind to know what changed: everyone checks again
-                self._ring_everyone(how)
+                self.ring_everyone(how)
             elif changed:
                 poll_interval = POLL_FIRST
                 self.ring(changed, how)
 
-    def _ring_everyone(self, how: str) -> None:
+    def ring_everyone(self, how: str) -> None:
+        """Ring every waiting interest (each re-checks what it waits for)."""
         with self._lock:
             targets = set(self._any).union(*self._by_id.values())
         for interest in targets:
