@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -134,7 +136,7 @@ def _finish_tail(client: litedur.Client, workflow_id: str, key: str, offset: int
     raise Failure(f"workflow {workflow_id} {reason}", 1)
 
 
-# ---- workflows, show, streams, info ----------------------------------------------------------------
+# ---- workflows, show, streams --------------------------------------------------------------------
 
 
 @click.command(short_help="List workflows, newest first.")
@@ -168,13 +170,14 @@ def workflows(client: litedur.Client, status: str | None, name: str | None, limi
         click.echo(f"[showing the newest {limit}; use --limit N, or --limit 0 for all]", err=True)
 
 
-@click.command(short_help="One workflow: status, inputs, result, steps, streams.")
+@click.command(short_help="One workflow: status, result, steps, streams, events, messages.")
 @workflow_argument
 @json_option
 @unpickle_option
 @with_client
 def show(client: litedur.Client, workflow_id: str, as_json: bool) -> None:
-    """Show one workflow: status, times, inputs, output or error, steps and streams.
+    """Show one workflow: status, times, inputs, output or error, its steps, streams, events, and
+    the messages sent to it that it has not received yet.
 
     \b
     Example:
@@ -183,10 +186,14 @@ def show(client: litedur.Client, workflow_id: str, as_json: bool) -> None:
     status = client.get_status(workflow_id)
     steps = client.list_steps(workflow_id)
     streams = client.list_streams(workflow_id)
+    events = client.list_events(workflow_id)
+    messages = client.list_messages(workflow_id)
     if as_json:
         document = render.status_json(status)
         document["steps"] = [render.step_json(step) for step in steps]
         document["streams"] = [render.stream_json(stream) for stream in streams]
+        document["events"] = events
+        document["messages"] = [render.message_json(message) for message in messages]
         render.print_json(document)
         return
     out = render.console()
@@ -197,6 +204,12 @@ def show(client: litedur.Client, workflow_id: str, as_json: bool) -> None:
     render.heading(out, f"Streams ({len(streams)})")
     if streams:
         render.emit(out, render.streams_table(out, streams))
+    render.heading(out, f"Events ({len(events)})")
+    if events:
+        render.emit(out, render.events_table(out, events))
+    render.heading(out, f"Pending messages ({len(messages)})")
+    if messages:
+        render.emit(out, render.messages_table(out, messages))
 
 
 @click.command(short_help="The streams of a workflow.")
@@ -204,7 +217,12 @@ def show(client: litedur.Client, workflow_id: str, as_json: bool) -> None:
 @json_option
 @with_client
 def streams(client: litedur.Client, workflow_id: str, as_json: bool) -> None:
-    """List the streams of WORKFLOW_ID with their length and state."""
+    """List the streams of WORKFLOW_ID with their length and state.
+
+    \b
+    Example:
+      litedur streams chat-1 --json
+    """
     found = client.list_streams(workflow_id)
     if as_json:
         render.print_json([render.stream_json(stream) for stream in found])
@@ -215,11 +233,190 @@ def streams(client: litedur.Client, workflow_id: str, as_json: bool) -> None:
         click.echo(f"workflow {workflow_id} has no streams", err=True)
 
 
+# ---- events and send ----------------------------------------------------------------------------
+
+
+@click.command(short_help="The events a workflow has set.")
+@workflow_argument
+@json_option
+@unpickle_option
+@with_client
+def events(client: litedur.Client, workflow_id: str, as_json: bool) -> None:
+    """List the events WORKFLOW_ID has set (set_event), each with its latest value.
+
+    \b
+    Examples:
+      litedur events approve-7
+      litedur events approve-7 --json | jq .progress
+    """
+    found = client.list_events(workflow_id)
+    if as_json:
+        render.print_json(found)
+    elif found:
+        out = render.console()
+        render.emit(out, render.events_table(out, found))
+    else:
+        click.echo(f"workflow {workflow_id} has set no events", err=True)
+
+
+class JSONValue(click.ParamType):
+    """One JSON value given on the command line, parsed (strict: no NaN or Infinity)."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value, parse_constant=_reject_constant)
+        except ValueError as exc:
+            quoted = json.dumps(value) if len(value) <= 30 and value.isprintable() and "'" not in value else '"yes"'
+            self.fail(f"{value!r} is not valid JSON ({exc}); a string needs JSON quotes, e.g. '{quoted}'", param, ctx)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+@click.command(short_help="Send a message to a workflow (for its recv).")
+@workflow_argument
+@click.argument("message", metavar="JSON", type=JSONValue())
+@click.option("--topic", metavar="T", help="Topic the workflow receives it on, recv(T) (default: none).")
+@click.option("--idempotency-key", metavar="K",
+              help="Deliver once: another send with the same key to this workflow is ignored.")  # fmt: skip
+@json_option
+@with_client
+def send(
+    client: litedur.Client, workflow_id: str, message: Any, topic: str | None, idempotency_key: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Send the JSON value as a message to WORKFLOW_ID, for its recv() on --topic.
+
+    JSON is one JSON value, so a string keeps its quotes inside the shell's: '"yes"' (and a
+    negative number comes after --: send ID -- -1). A send retried with the same
+    --idempotency-key lands once. A workflow that has ended takes no messages: exit 1 naming its
+    status, and nothing is written.
+
+    \b
+    Examples:
+      litedur send approve-7 true
+      litedur send chat-1 '"yes"' --topic answer
+      litedur send order-9 '{"qty": 2}' --idempotency-key order-9-qty --json
+    """
+    sent = client.send(workflow_id, message, topic, idempotency_key=idempotency_key)
+    if as_json:
+        render.print_json({"workflow_id": workflow_id, "topic": topic, "message": message, "sent": sent,
+                           "idempotency_key": idempotency_key})  # fmt: skip
+        return
+    where = f" on topic {topic!r}" if topic is not None else ""
+    if not sent:
+        click.echo(f"already sent to workflow {workflow_id}: idempotency key {idempotency_key!r} landed before; "
+                   "nothing sent", err=True)  # fmt: skip
+        return
+    once = f" (once for idempotency key {idempotency_key!r})" if idempotency_key is not None else ""
+    click.echo(f"sent {render.preview(message)} to workflow {workflow_id}{where}{once}", err=True)
+
+
+# ---- cancel, resume, fork ------------------------------------------------------------------------
+
+
+@click.command(short_help="Cancel a workflow (and its children).")
+@workflow_argument
+@json_option
+@with_client
+def cancel(client: litedur.Client, workflow_id: str, as_json: bool) -> None:
+    """Cancel WORKFLOW_ID and its unfinished children.
+
+    It stops at its next step, stream write or wait; its open streams close. A workflow that
+    has already ended is left as it is (exit 0, saying so).
+
+    \b
+    Examples:
+      litedur cancel chat-1
+      litedur cancel chat-1 --json
+    """
+    cancelled = client.cancel_workflow(workflow_id)
+    status = client.get_status(workflow_id).status
+    if as_json:
+        render.print_json({"workflow_id": workflow_id, "cancelled": cancelled, "status": status})
+    elif cancelled:
+        click.echo(f"cancelled workflow {workflow_id}: it stops at its next step, stream write or wait", err=True)
+    else:
+        click.echo(f"workflow {workflow_id} already ended ({status}); nothing to cancel", err=True)
+
+
+@click.command(short_help="Resume a cancelled workflow.")
+@workflow_argument
+@json_option
+@with_client
+def resume(client: litedur.Client, workflow_id: str, as_json: bool) -> None:
+    """Resume WORKFLOW_ID, CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED, from its last checkpoint.
+
+    It becomes PENDING, and a launched process that registered its workflow runs the rest. Any
+    other status is refused: exit 1, nothing written.
+
+    \b
+    Examples:
+      litedur resume chat-1
+      litedur resume chat-1 --json
+    """
+    status = client.resume_workflow(workflow_id).get_status()
+    if as_json:
+        render.print_json({"workflow_id": workflow_id, "status": status.status})
+    else:
+        click.echo(f"resumed workflow {workflow_id} ({status.status}): a launched process that registered "
+                   f"{status.name!r} continues it from its last checkpoint", err=True)  # fmt: skip
+
+
+def _non_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value == "":
+        raise click.BadParameter("must not be empty", ctx, param)
+    return value
+
+
+@click.command(short_help="Rerun a workflow from a step, as a new workflow.")
+@workflow_argument
+@click.option("--from-step", "start_step", type=click.IntRange(min=0), required=True, metavar="N",
+              help="Position of the first step to run again (see show); earlier ones are reused.")  # fmt: skip
+@click.option("--id", "new_id", metavar="NEW_ID", callback=_non_empty,
+              help="Id of the new workflow (default: a random one).")  # fmt: skip
+@json_option
+@with_client
+def fork(client: litedur.Client, workflow_id: str, start_step: int, new_id: str | None, as_json: bool) -> None:
+    """Start a new workflow with the inputs of WORKFLOW_ID that reuses its steps before position
+    --from-step (with the stream values and events they wrote) and runs the rest.
+
+    The new workflow is PENDING until a launched process that registered its workflow function
+    runs it.
+
+    \b
+    Examples:
+      litedur fork chat-1 --from-step 2
+      litedur fork chat-1 --from-step 0 --id chat-1-again --json
+    """
+    with litedur.SetWorkflowID(new_id) if new_id is not None else contextlib.nullcontext():
+        forked = client.fork_workflow(workflow_id, start_step)
+    if as_json:
+        render.print_json({"workflow_id": forked.workflow_id, "forked_from": workflow_id, "from_step": start_step})
+    else:
+        name = forked.get_status().name
+        click.echo(f"forked workflow {workflow_id} from step {start_step} as {forked.workflow_id}: a launched "
+                   f"process that registered {name!r} runs it", err=True)  # fmt: skip
+
+
+# ---- info ----------------------------------------------------------------------------------------
+
+
 @click.command(short_help="The database file, schema version, size, counts.")
 @json_option
 @with_client
 def info(client: litedur.Client, as_json: bool) -> None:
-    """Show the database file, its schema version, size and workflow counts by status."""
+    """Show the database file, its schema version, size and workflow counts by status.
+
+    \b
+    Example:
+      litedur --db app.db info
+    """
     details = client.info()
     if as_json:
         render.print_json(details)
@@ -228,4 +425,4 @@ def info(client: litedur.Client, as_json: bool) -> None:
     render.emit(out, render.info_fields(out, details))
 
 
-ALL = [tail, workflows, show, streams, info]
+ALL = [tail, workflows, show, streams, events, send, cancel, resume, fork, info]

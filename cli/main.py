@@ -13,14 +13,21 @@ from .commands import ALL, Failure
 EPILOG = """\b
 Examples:
   litedur workflows                      newest workflows first
-  litedur show chat-1                    one workflow: steps, streams, result
+  litedur show chat-1                    one workflow: steps, streams, events
   litedur tail chat-1 tokens             follow a stream live until it closes
+  litedur send ask-1 '"yes"'             answer a workflow waiting in recv()
+  litedur events ask-1                   the events a workflow has set
+  litedur cancel chat-1                  stop it at its next step
+  litedur resume chat-1                  continue a cancelled workflow
+  litedur fork chat-1 --from-step 2      rerun from step 2 as a new workflow
   litedur --db app.db tail chat-1 tokens --json
   LITEDUR_DB=app.db litedur info
 
 \b
-Exit status: 0 ok; 1 a tailed workflow failed; 2 bad usage, no database
-file or no such workflow; 130 interrupted.
+Exit status: 0 ok; 1 a tailed workflow failed, or the command was refused
+(a send to an ended workflow, a resume of one not cancelled, a fork to a
+taken id); 2 bad usage, no database file or no such workflow; 130
+interrupted.
 
 \b
 Shell completion (bash; zsh and fish likewise):
@@ -62,9 +69,10 @@ class LitedurGroup(click.Group):
 )
 @click.pass_context
 def main(ctx: click.Context, db: str) -> None:
-    """Look inside litedur durable workflows and their streams.
+    """Look inside and steer litedur durable workflows and their streams.
 
-    Reads the SQLite file that litedur workflows run in; never creates one.
+    Reads the SQLite file that litedur workflows run in (send, cancel, resume and fork also
+    write to it); never creates one.
     """
     ctx.obj = db
 

@@ -11,7 +11,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-from litedur import Pickled, RecordedError, StepInfo, StreamInfo, WorkflowStatus
+from litedur import MessageInfo, Pickled, RecordedError, StepInfo, StreamInfo, WorkflowStatus
+from litedur.client import FINAL_STATUSES
 from litedur.values import is_exact_json
 
 if TYPE_CHECKING:
@@ -86,6 +87,10 @@ def status_json(status: WorkflowStatus) -> dict[str, Any]:
         "inputs": status.inputs,
         "output": status.output,
         "error": error_json(status.error),
+        "parent_id": status.parent_id,
+        "timeout": status.timeout,
+        "deadline": status.deadline,
+        "cancel_reason": status.cancel_reason,
     }
 
 
@@ -104,6 +109,15 @@ def step_json(step: StepInfo) -> dict[str, Any]:
 
 def stream_json(stream: StreamInfo) -> dict[str, Any]:
     return {"key": stream.key, "length": stream.length, "closed": stream.closed, "closed_by": stream.closed_by}
+
+
+def message_json(message: MessageInfo) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "topic": message.topic,
+        "message": message.message,
+        "sent_at": message.sent_at,
+    }
 
 
 def print_json(document: Any) -> None:
@@ -268,7 +282,7 @@ def table(out: Console, columns: list[tuple[str, dict[str, Any]]], rows: list[li
 def workflows_table(out: Console, statuses: list[WorkflowStatus]) -> Table:
     rows = []
     for status in statuses:
-        took = "-" if status.status == "PENDING" else format_duration(status.updated_at - status.created_at)
+        took = "-" if status.status not in FINAL_STATUSES else format_duration(status.updated_at - status.created_at)
         rows.append([
             text(status.workflow_id),
             text(status.name),
@@ -319,6 +333,26 @@ def streams_table(out: Console, streams: list[StreamInfo]) -> Table:
     return table(out, columns, rows)
 
 
+def events_table(out: Console, events: dict[str, Any]) -> Table:
+    rows = [[text(key), text(preview(value))] for key, value in events.items()]
+    return table(out, [("KEY", {"fit": 30, "overflow": "ellipsis"}), ("VALUE", {"flex": True})], rows)
+
+
+def messages_table(out: Console, messages: list[MessageInfo]) -> Table:
+    rows = [
+        [text(message.message_id), text("-" if message.topic is None else message.topic),
+         text(format_time(message.sent_at, short=True)), text(preview(message.message))]
+        for message in messages
+    ]  # fmt: skip
+    columns = [
+        ("ID", {"fit": 8, "justify": "right"}),
+        ("TOPIC", {"fit": 20, "overflow": "ellipsis"}),
+        ("SENT", {"fit": 14}),
+        ("MESSAGE", {"flex": True}),
+    ]
+    return table(out, columns, rows)
+
+
 def emit(out: Console, renderable: Any) -> None:
     """Print to stdout; plain output loses the trailing blanks rich pads its cells with."""
     if out.is_terminal:
@@ -347,16 +381,21 @@ def heading(out: Console, title: str) -> None:
 
 
 def workflow_fields(out: Console, status: WorkflowStatus) -> Table:
-    rows: list[tuple[str, Any]] = [
-        ("workflow", status.workflow_id),
-        ("name", status.name),
-        ("status", status_text(status.status)),
-        ("created", format_time(status.created_at)),
-    ]
+    rows: list[tuple[str, Any]] = [("workflow", status.workflow_id), ("name", status.name)]
+    if status.parent_id is not None:
+        rows.append(("parent", status.parent_id))
+    rows.append(("status", status_text(status.status)))
+    if status.cancel_reason is not None:
+        rows.append(("cancel reason", status.cancel_reason))
+    rows.append(("created", format_time(status.created_at)))
     updated = format_time(status.updated_at)
-    if status.status != "PENDING":
+    if status.status in FINAL_STATUSES:
         updated += f"  (took {format_duration(status.updated_at - status.created_at)})"
-    rows.append(("finished" if status.status != "PENDING" else "updated", updated))
+    rows.append(("finished" if status.status in FINAL_STATUSES else "updated", updated))
+    if status.timeout is not None:
+        rows.append(("timeout", format_duration(status.timeout)))
+    if status.deadline is not None:
+        rows.append(("deadline", format_time(status.deadline)))
     rows.append(("executor", status.executor_id or "-"))
     rows.append(("recoveries", str(status.recovery_attempts)))
     rows.append(("inputs", call_preview(status.inputs)))

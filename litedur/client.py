@@ -221,13 +221,14 @@ class Client:
 
     def send(
         self, workflow_id: str, message: Any, topic: str | None = None, *, idempotency_key: str | None = None
-    ) -> None:
+    ) -> bool:
         """Send ``message`` to a workflow that has not ended; its ``recv(topic)`` receives it once, in order.
 
-        With ``idempotency_key``, a send retried after an error or a crash lands only once.
-        WorkflowStatusError names the status of a workflow that has ended; nothing is written.
+        With ``idempotency_key``, a send retried after an error or a crash lands only once: a retry
+        returns False (nothing sent), even if the workflow has ended since. WorkflowStatusError
+        names the status of a workflow that has ended; nothing is written.
         """
-        messages.send(self, workflow_id, message, topic, idempotency_key)
+        return messages.send(self, workflow_id, message, topic, idempotency_key)
 
     def get_event(self, workflow_id: str, key: str, timeout: float | None = 60) -> Any:
         """Wait until the workflow sets the event ``key`` and return its latest value.

@@ -736,13 +736,13 @@ class Engine(Client):
 
     def send(
         self, workflow_id: str, message: Any, topic: str | None = None, *, idempotency_key: str | None = None
-    ) -> None:
+    ) -> bool:
         """Send ``message`` to a workflow (see `Client.send`); in a workflow body it is a checkpoint."""
         run = self._body_run()
         if run is None:
-            super().send(workflow_id, message, topic, idempotency_key=idempotency_key)
-        else:
-            messages.send_from_run(self, run, workflow_id, message, topic)
+            return super().send(workflow_id, message, topic, idempotency_key=idempotency_key)
+        messages.send_from_run(self, run, workflow_id, message, topic)
+        return True
 
     def get_event(self, workflow_id: str, key: str, timeout: float | None = 60) -> Any:
         """Wait for an event's value (see `Client.get_event`); in a workflow body it is a checkpoint."""

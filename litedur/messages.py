@@ -99,14 +99,17 @@ def list_events(client: Client, workflow_id: str) -> dict[str, Any]:
 # ---- messages ---------------------------------------------------------------------------------
 
 
-def send(client: Client, workflow_id: str, message: Any, topic: str | None, idempotency_key: str | None) -> None:
-    """Queue ``message`` for a workflow that has not ended (outside a workflow body)."""
+def send(client: Client, workflow_id: str, message: Any, topic: str | None, idempotency_key: str | None) -> bool:
+    """Queue ``message`` for a workflow that has not ended (outside a workflow body); False if the
+    idempotency key had already landed."""
     _check_str(workflow_id, "workflow_id")
     _check_str(topic, "topic", optional=True)
     _check_str(idempotency_key, "idempotency_key", optional=True)
     encoded = _encode_message(client, message)
-    if client._storage.send_message(workflow_id, topic, encoded, idempotency_key):
+    sent = client._storage.send_message(workflow_id, topic, encoded, idempotency_key)
+    if sent:
         client._feed.signal([workflow_id])
+    return sent
 
 
 def send_from_run(engine: Engine, run: _Run, workflow_id: str, message: Any, topic: str | None) -> None:

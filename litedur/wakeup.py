@@ -572,8 +572,7 @@ def _open_signal_watch(own_path: str) -> _Watch | None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
     try:
         if _OWN_SIGNAL_FILE and _libc() is not None:
-            prefix, mine = SIGNAL_PREFIX.encode(), own.encode()
-            return _InotifyWatch(directory, lambda name: name.startswith(prefix) and name != mine)
+            return _InotifySignalWatch(directory, own)
         if hasattr(select, "kqueue"):
             fd = _open_signal_file(own_path)
             if fd >= 0:
@@ -713,6 +712,61 @@ class _KqueueWatch(_Watch):
         self._files.clear()
         self._wal_fd = -1
         self._kqueue.close()
+
+
+class _InotifySignalWatch(_Watch):
+    """inotify on the signal files of the other processes, each watched on its own (not this
+    process's: its own signals must not wake it), and on the directory for new ones."""
+
+    def __init__(self, directory: str, own: str) -> None:
+        libc = _libc()
+        assert libc is not None
+        self._libc, self._directory = libc, directory
+        self._prefix, self._own = f"{SIGNAL_PREFIX}-".encode(), own.encode()
+        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            raise OSError(_errno(), "inotify_init1 failed")
+        self._fd = fd
+        self._directory_wd = libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE | _IN_MOVED_TO)
+        if self._directory_wd < 0:
+            errno = _errno()
+            self.close()
+            raise OSError(errno, f"inotify_add_watch failed on {directory}")
+        for name in os.listdir(directory):
+            self._watch_file(os.fsencode(name))
+
+    def _watch_file(self, name: bytes) -> bool:
+        if not name.startswith(self._prefix) or name == self._own:
+            return False
+        self._libc.inotify_add_watch(self._fd, os.path.join(os.fsencode(self._directory), name), _IN_MODIFY)
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def drain(self) -> bool:
+        relevant = False
+        while True:
+            try:
+                events = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:
+                return relevant
+            at = 0
+            while at + _EVENT_HEADER.size <= len(events):
+                wd, _, _, length = _EVENT_HEADER.unpack_from(events, at)
+                start = at + _EVENT_HEADER.size
+                if wd != self._directory_wd:
+                    relevant = True  # another process rewrote its signal file
+                elif self._watch_file(events[start : start + length].rstrip(b"\0")):
+                    relevant = True  # a new process: it may have signalled before we watched its file
+                at = start + length
+            if len(events) < _READ_SIZE // 2:
+                return relevant
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class _KqueueFileWatch(_Watch):
