@@ -130,7 +130,7 @@ def _finish_tail(client: litedur.Client, workflow_id: str, key: str, offset: int
     if status.error is not None:
         reason = f"failed: {render.describe_error(status.error)}"
     elif status.status == "CANCELLED":
-        reason = "was cancelled"
+        reason = f"was cancelled ({status.cancel_reason})" if status.cancel_reason else "was cancelled"
     else:
         reason = f"ended in {status.status}"
     raise Failure(f"workflow {workflow_id} {reason}", 1)

@@ -6,15 +6,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from support import finish, kill, spawn, wait_until
+from support import finish, kill, spawn, stream_entries, wait_until
 
 import litedur
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
+import approval  # noqa: E402
 import chat  # noqa: E402
 import two_terminals  # noqa: E402
 
@@ -98,3 +100,111 @@ def test_openai_chat_falls_back_to_the_fake_llm_offline(tmp_path):
     assert text == " ".join(chat.ANSWER.split()) + " "
     assert result == f"result: {{'chars': {len(text)}, 'model': 'fake'}}"
     assert "offline fake LLM" in done.stderr
+
+
+def phase(db: Path, workflow_id: str) -> object:
+    try:
+        with litedur.Client(db) as client:
+            return client.list_events(workflow_id).get("phase")
+    except (litedur.DatabaseError, litedur.WorkflowNotFoundError):
+        return None
+
+
+def test_approval_answered_by_itself_posts_the_draft_once(tmp_path):
+    db = tmp_path / "approval.db"
+    done = run_example("approval.py", "--db", db, "--answer", "approve", "--rate", 1000)
+    draft = approval.DRAFTS[0]
+    assert done.stdout == f"{draft} \nresult: {{'outcome': 'posted', 'drafts': 1, 'words': {len(draft.split())}}}\n"
+    assert '[answering "approve"]' in done.stderr
+    assert Path(f"{db}.outbox").read_text() == f"POSTED: {draft}\n"
+    with litedur.Client(db) as client:
+        assert client.list_events("approval-1") == {"phase": "posted"}
+        assert client.get_status("approval-1").status == "SUCCESS"
+
+
+def test_approval_revises_on_reject_and_edit_and_escalates_when_nobody_answers(tmp_path):
+    db = tmp_path / "approval.db"
+    edit = json.dumps({"edit": "Hi Sam, your new screen ships today."})
+    done = run_example("approval.py", "--db", db, "--rate", 1000, "--answer", "reject", "--answer", edit,
+                       "--answer", "approve")  # fmt: skip
+    drafts = done.stdout.splitlines()
+    assert drafts == [approval.DRAFTS[0] + " ", approval.DRAFTS[1] + " ", "Hi Sam, your new screen ships today. ",
+                      "result: {'outcome': 'posted', 'drafts': 3, 'words': 7}"]  # fmt: skip
+    assert Path(f"{db}.outbox").read_text() == "POSTED: Hi Sam, your new screen ships today.\n"
+
+    done = run_example("approval.py", "--db", db, "--id", "quiet", "--rate", 1000, "--wait", 0.2)
+    words = len(approval.DRAFTS[0].split())
+    assert done.stdout.splitlines()[-1] == f"result: {{'outcome': 'escalated', 'drafts': 1, 'words': {words}}}"
+    assert "send quiet '\"approve\"' --topic decision" in done.stderr
+    assert Path(f"{db}.outbox").read_text().splitlines()[-1].startswith("ESCALATED: " + approval.REQUEST)
+
+
+def test_approval_killed_while_waiting_recovers_and_acts_on_the_decision_once(tmp_path):
+    db, out = tmp_path / "approval.db", tmp_path / "agent.out"
+    command = (EXAMPLES / "approval.py", "--db", db, "--id", "a1", "--rate", 1000)
+    agent = spawn(*command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: phase(db, "a1") == "waiting for a decision")
+        kill(agent)  # SIGKILL while it waits
+        with litedur.Client(db) as client:
+            first_executor = client.get_status("a1").executor_id
+        with out.open("w") as stdout:
+            agent = spawn(*command, stdout=stdout, stderr=subprocess.DEVNULL)  # the same command again
+        with litedur.Client(db) as client:
+            wait_until(lambda: client.get_status("a1").executor_id != first_executor)  # recovered by the new run
+            wait_until(lambda: out.read_text().startswith(approval.DRAFTS[0]))  # printed from the stream
+            send = [sys.executable, "-m", "litedur", "--db", str(db), "send", "a1", '"approve"', "--topic", "decision"]
+            assert subprocess.run(send, capture_output=True).returncode == 0  # terminal 2
+            assert finish(agent) == 0
+            status, steps = client.get_status("a1"), client.list_steps("a1")
+    finally:
+        kill(agent)
+    draft = approval.DRAFTS[0]
+    assert out.read_text() == f"{draft} \nresult: {{'outcome': 'posted', 'drafts': 1, 'words': {len(draft.split())}}}\n"
+    assert (status.status, status.recovery_attempts) == ("SUCCESS", 1)
+    assert [(s.name, s.attempts) for s in steps if not s.name.startswith("litedur.")] == [
+        ("build.write_draft", 1), ("build.deliver", 1)]  # fmt: skip
+    assert [s.output for s in steps if s.name == "litedur.recv"] == ["approve"]
+    entries = stream_entries(db, "a1", "draft-1")
+    assert [offset for offset, *_ in entries] == list(range(len(draft.split())))
+    assert "".join(value for _, value, _, _ in entries) == draft + " "  # every token once
+    assert {attempt for *_, attempt in entries} == {1}  # the draft was written once, not re-drafted
+    assert Path(f"{db}.outbox").read_text() == f"POSTED: {draft}\n"
+
+
+def wait_deadlines(db: Path, workflow_id: str) -> list[float]:
+    """The deadlines recorded for the workflow's durable waits, read from the file with plain SQL."""
+    import apsw  # never the stdlib sqlite3 in this process (see support.stream_entries)
+
+    try:
+        conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.CantOpenError:
+        return []  # not created yet
+    try:
+        conn.set_busy_timeout(30_000)
+        query = "SELECT deadline FROM timers WHERE workflow_id = ? ORDER BY position"
+        return [deadline for (deadline,) in conn.execute(query, (workflow_id,))]
+    except apsw.SQLError:
+        return []  # no schema yet
+    finally:
+        conn.close()
+
+
+def test_approval_restarted_after_a_kill_keeps_the_original_deadline_of_its_wait(tmp_path):
+    db = tmp_path / "approval.db"
+    command = (EXAMPLES / "approval.py", "--db", db, "--id", "a2", "--rate", 1000, "--wait", 3)
+    agent = spawn(*command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        (deadline,) = wait_until(lambda: wait_deadlines(db, "a2"))  # recv has recorded its deadline
+        kill(agent)
+        wait_until(lambda: time.time() > deadline - 2, timeout=5)  # the agent stays down for a second
+        agent = spawn(*command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert finish(agent) == 0
+    finally:
+        kill(agent)
+    with litedur.Client(db) as client:
+        assert client.retrieve_workflow("a2").get_result()["outcome"] == "escalated"
+        timed_out = next(s.finished_at for s in client.list_steps("a2") if s.name == "litedur.recv")
+    assert wait_deadlines(db, "a2") == [deadline]
+    # It timed out at the deadline recorded before the kill; a fresh 3 s wait would end 4 s after it.
+    assert deadline <= timed_out < deadline + 0.9
