@@ -23,8 +23,17 @@ def test_the_readme_opens_with_the_two_commands():
     assert ci[-1] == tests
 
 
-def test_the_library_example_streams_its_tokens_and_returns_its_result(tmp_path):
-    (example,) = python_blocks()
-    done = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+def run_block(example: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=60, cwd=cwd)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "Durable streams keep every token in order . {'chars': 44}\n"
+    return done.stdout
+
+
+def test_the_library_example_streams_its_tokens_and_returns_its_result(tmp_path):
+    example = python_blocks()[0]
+    assert run_block(example, tmp_path) == "Durable streams keep every token in order . {'chars': 44}\n"
+
+
+def test_the_communication_example_prints_what_its_comments_say(tmp_path):
+    example = python_blocks()[1]
+    assert run_block(example, tmp_path) == "waiting\nreply: approve, child says 42\n"
