@@ -124,7 +124,9 @@ def wait_durably(
     monotonic_end = None if end is None else time.monotonic() + (end - time.time())
     done, value = engine._signals.wait_for((run.workflow_id, *others), check_run_then, monotonic_end)
     if not done:
-        check_running(engine, run)  # the workflow's own deadline may be what passed
+        if run.deadline is not None and end == run.deadline:
+            time_out(engine, run)  # the workflow's own deadline is what passed (whatever the clocks say)
+        check_running(engine, run)
     return done, value
 
 
