@@ -12,7 +12,10 @@ Workloads (ids for ``--only``; RAW always runs, the ratios need it):
 
 - RAW    raw apsw on a WAL file, the stream-entry table shape: one-row transactions/s at synchronous NORMAL
          and FULL, rows/s in transactions of 10 rows; and W2's physical limit: an apsw writer process
-         committing one row per value at ~500/s, read by a process woken by inotify (Linux only).
+         committing one row per value at ~500/s, read by a process woken by inotify (Linux only); and
+         W7's: messages sent one at a time by an apsw process (a row inserted, then a byte of a signal
+         file rewritten), each consumed by a process woken by inotify on the signal file's directory
+         that runs one SELECT + one UPDATE in a transaction (Linux only).
 - W1     one step writes five-byte strings to a stream; values/s with grouped commits (the default) and
          with ``group_writes=False`` (one commit per value), at the chosen durability and at "full".
 - W2     cross-process write->read latency at ~500 values/s (p50/p99/max, reader CPU per 1,000 values),
@@ -24,6 +27,12 @@ Workloads (ids for ``--only``; RAW always runs, the ratios need it):
          new process to the first new value seen by a reader that kept reading across the crash.
 - W6     a long stream: sustained write rate, time to the first value read near its end, bytes per value
          on disk; total CPU of many reader threads following one live stream.
+- W7     communication: send -> recv latency across processes (a Client sends one message at a time to a
+         workflow of another process looping on ``recv``; p50/p99/max, receiver CPU per 1,000 messages,
+         and how its waits were woken); then a process whose 1,000 workflows each set an event and block
+         in ``recv``: the CPU of the engine's first query of workflow changes after that (it reads the
+         events back and wakes every workflow once), the CPU of the next seconds with nothing arriving,
+         the time until all of them finish once each is sent a message, and the process's peak RSS.
 - IMPORT import time of litedur in a fresh interpreter, wall time of ``litedur --help``.
 
 Child processes (writers, the recovering process) are this same script started with a hidden
@@ -37,6 +46,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import json
 import os
 import platform
 import resource
@@ -59,9 +69,10 @@ import apsw
 import litedur
 
 HERE = Path(__file__).resolve()
-WORKLOADS = ("RAW", "W1", "W2", "W3", "W4", "W5", "W6", "IMPORT")
+WORKLOADS = ("RAW", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "IMPORT")
 VALUE = "abcde"  # the five-byte string every stream workload writes
 RATE = 500.0  # values/s written by the paced writer of W2 and W6
+GAP = 0.002  # s between a message received and the next one sent (W7): the receiver is back in its wait
 ISSUE_RAW_NORMAL = 113_537  # one-row commits/s issue 6 measured when it set its targets
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 
@@ -72,6 +83,7 @@ SIZES = {
         "w2": 2_000, "idle_s": 3.0,
         "w3": 5_000, "w4": 2_000, "w5": 1_000,
         "w6": 1_000_000, "w6_tail": 1_000, "w6_readers": 50, "w6_live": 1_000,
+        "w7": 1_000, "w7_idle": 1_000, "w7_window": 3.0, "w7_settle": 0.5,
         "imports": 5,
     },
     "quick": {
@@ -80,6 +92,7 @@ SIZES = {
         "w2": 100, "idle_s": 0.3,
         "w3": 200, "w4": 100, "w5": 100,
         "w6": 20_000, "w6_tail": 1_000, "w6_readers": 10, "w6_live": 100,
+        "w7": 50, "w7_idle": 50, "w7_window": 0.3, "w7_settle": 0.1,
         "imports": 1,
     },
 }  # fmt: skip
@@ -92,6 +105,8 @@ ENTRY_TABLE = (
 ENTRY_INSERT = "INSERT INTO stream_entries VALUES (1, ?, 0, ?, 0, 1)"
 RAW_READ = "SELECT value FROM stream_entries WHERE stream_id = 1 AND offset >= ? ORDER BY offset LIMIT 1000"
 IN_MODIFY, IN_CREATE = 0x002, 0x100
+MESSAGE_TABLE = "CREATE TABLE messages (id INTEGER PRIMARY KEY, value INTEGER NOT NULL, consumed INTEGER NOT NULL)"
+MESSAGE_INDEX = "CREATE INDEX pending ON messages (id) WHERE consumed = 0"  # what the receiver looks up
 
 
 # ---- figures and their summary ------------------------------------------------------------------
@@ -378,8 +393,9 @@ def latency_figures(
     measured: tuple[list[int], float | None] | None,
     targets: dict[str, Target] | None = None,
     vs: str | None = None,
+    reader: str = "reader CPU/1,000 values",
 ) -> list[Figure]:
-    """p50, p99, max (ms) and reader CPU per 1,000 values; None values when nothing was ``measured``."""
+    """p50, p99, max (ms) and ``reader`` CPU per 1,000 items; None values when nothing was ``measured``."""
     latencies, cpu = measured or ([], None)
     ordered = sorted(ns / 1e6 for ns in latencies)
     targets = targets or {}
@@ -391,7 +407,7 @@ def latency_figures(
     ]  # fmt: skip
     if cpu is not None or measured is None:
         per_thousand = None if cpu is None else cpu / max(1, len(latencies) - 1) * 1000
-        label, baseline = f"{name}: reader CPU/1,000 values", vs and f"{vs}.cpu"
+        label, baseline = f"{name}: {reader}", vs and f"{vs}.cpu"
         figures.append(
             Figure(f"{prefix}.cpu", workload, label, "s", per_thousand, baseline, targets.get("cpu"), "raw CPU")
         )
@@ -529,6 +545,85 @@ def raw_latencies(ctx: Context, count: int) -> tuple[list[int], float] | None:
     return latencies, cpu
 
 
+def exchange(receiver: subprocess.Popen[str], count: int, send: Callable[[int], None]) -> list[int]:
+    """Send ``count`` messages stamped with ``time.monotonic_ns()``, each one `GAP` after the receiver said
+    "got <latency ns>" for the previous one (so it is back in its wait); the latencies it reported."""
+    latencies = []
+    for _ in range(count):
+        time.sleep(GAP)
+        send(time.monotonic_ns())
+        latencies.append(int(expect_line(receiver, "got")))
+    return latencies
+
+
+def role_raw_receiver(path: str, signals: str, count: str, synchronous: str) -> None:
+    """Child: consume ``count`` raw messages, oldest first, each in a transaction of one SELECT and one
+    UPDATE, sleeping on inotify on the ``signals`` directory in between; say "got <latency ns>" for each,
+    then "done <JSON>" with the CPU from the first message to the last."""
+    fd = inotify(signals)
+    if fd is None:
+        raise RuntimeError(f"no inotify watch on {signals}")
+    conn = apsw.Connection(path)
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    print("ready", flush=True)
+    received, cpu_first = 0, 0.0
+    while received < int(count):
+        with contextlib.suppress(BlockingIOError):  # drained before the query, which then sees every send
+            while os.read(fd, 65536):
+                pass
+        conn.execute("BEGIN IMMEDIATE")
+        rows = conn.execute("SELECT id, value FROM messages WHERE consumed = 0 ORDER BY id LIMIT 1").fetchall()
+        if rows:
+            conn.execute("UPDATE messages SET consumed = 1 WHERE id = ?", (rows[0][0],))
+        conn.execute("COMMIT")
+        if not rows:
+            poller.poll(1000)
+            continue
+        seen = time.monotonic_ns()
+        if not received:
+            cpu_first = cpu_seconds()
+        received += 1
+        print(f"got {seen - rows[0][1]}", flush=True)
+    print(f"done {json.dumps({'cpu': cpu_seconds() - cpu_first})}", flush=True)
+    os.close(fd)
+    conn.close()
+
+
+def raw_message_latencies(ctx: Context, count: int) -> tuple[list[int], float] | None:
+    """The physical limit of W7's send -> recv: an apsw sender (this process) that inserts a row, then
+    rewrites a byte of a signal file; a receiver process woken by inotify that consumes it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    directory = ctx.directory("raw-messages")
+    signals = directory / "signals"  # a directory of its own: the database's writes wake nobody
+    signals.mkdir()
+    path, synchronous = str(directory / "raw.db"), SYNCHRONOUS[ctx.durability]
+    conn = apsw.Connection(path)
+    fd = -1
+    try:
+        for statement in ("PRAGMA journal_mode = WAL", f"PRAGMA synchronous = {synchronous}", MESSAGE_TABLE,
+                          MESSAGE_INDEX):  # fmt: skip
+            conn.execute(statement)
+        fd = os.open(signals / "signal", os.O_RDWR | os.O_CREAT, 0o600)
+
+        def send(stamp: int) -> None:
+            conn.execute("INSERT INTO messages (value, consumed) VALUES (?, 0)", (stamp,))
+            os.pwrite(fd, b"\0", 0)
+
+        with child("raw-receiver", path, signals, count, synchronous) as receiver:
+            expect_line(receiver, "ready")
+            latencies = exchange(receiver, count, send)
+            cpu = json.loads(expect_line(receiver, "done"))["cpu"]
+            reap(receiver)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        conn.close()
+    return latencies, cpu
+
+
 def w_raw(ctx: Context) -> list[Figure]:
     return [
         Figure("raw.normal", "RAW", "one-row commits (normal)", "commits/s",
@@ -539,6 +634,8 @@ def w_raw(ctx: Context) -> list[Figure]:
                raw_batch_rate(ctx.db("raw-batch"), ctx.size("raw_batch")), vs="raw.normal"),
         *latency_figures("RAW", "raw.latency", "cross-process, apsw + inotify",
                          raw_latencies(ctx, ctx.size("w2"))),
+        *latency_figures("RAW", "raw.message", "send -> recv, apsw + inotify",
+                         raw_message_latencies(ctx, ctx.size("w7")), reader="receiver CPU/1,000 msgs"),
     ]  # fmt: skip
 
 
@@ -803,6 +900,132 @@ def w6(ctx: Context) -> list[Figure]:
     ]  # fmt: skip
 
 
+def role_receiver(path: str, workflow_id: str, count: str, durability: str) -> None:
+    """Child: a workflow that receives ``count`` messages (``time.monotonic_ns()`` stamps) with ``recv``
+    and says "got <latency ns>" for each; then "done <JSON>": its CPU from the first message to the
+    last, how the engine's waits were woken and how many change queries its watcher made."""
+    app = engine(path, durability)
+
+    @app.workflow(name="bench.receiver")
+    def receiver(n: int) -> float:
+        cpu_first = 0.0
+        for i in range(n):
+            stamp = app.recv(timeout=60)
+            seen = time.monotonic_ns()
+            if stamp is None:
+                raise RuntimeError(f"no message {i} within 60 s")
+            if i == 0:
+                cpu_first = cpu_seconds()
+            print(f"got {seen - stamp}", flush=True)
+        return cpu_seconds() - cpu_first
+
+    with app:
+        with litedur.SetWorkflowID(workflow_id):
+            handle = app.start_workflow(receiver, int(count))
+        print("ready", flush=True)
+        cpu = handle.get_result(timeout=600)
+        signals = app._signals
+        print(f"done {json.dumps({'cpu': cpu, 'rings': signals.rings, 'queries': signals.queries})}", flush=True)
+
+
+def role_idle_receivers(path: str, count: str, window: str, settle: str, durability: str) -> None:
+    """Child: ``count`` workflows that each set an event, then block in ``recv(timeout=600)``.
+
+    Once every event is set, the CPU until the engine's watcher has made its next query of workflow
+    changes and ``settle`` s more have passed (that query reads the events back and wakes the workflows
+    once), then the CPU over ``window`` s of nothing happening: say "idle <JSON>". Then say "finished
+    <JSON>" when all have received a message and ended (the time, monotonic ns) and the peak RSS.
+    """
+    n = int(count)
+    app = engine(path, durability, max_workers=n + 100)
+
+    @app.workflow(name="bench.idle_receiver")
+    def idle_receiver() -> object:
+        app.set_event("waiting", True)
+        return app.recv(timeout=600)
+
+    with app:
+        handles = []
+        for i in range(n):
+            with litedur.SetWorkflowID(f"idle-{i}"):
+                handles.append(app.start_workflow(idle_receiver))
+        for handle in handles:
+            if app.get_event(handle.workflow_id, "waiting", timeout=60) is not True:
+                raise RuntimeError(f"{handle.workflow_id} did not reach its recv within 60 s")
+        signals = app._signals
+        cpu, rings, queries = cpu_seconds(), sum(signals.rings.values()), signals.queries
+        give_up = time.monotonic() + 5
+        while signals.queries == queries and time.monotonic() < give_up:
+            time.sleep(0.01)
+        time.sleep(float(settle))  # the workflows it woke are back in their waits
+        recheck = {"cpu": cpu_seconds() - cpu, "wakeups": sum(signals.rings.values()) - rings}
+        cpu, rings, queries = cpu_seconds(), sum(signals.rings.values()), signals.queries
+        started = time.monotonic()
+        time.sleep(float(window))
+        share = (cpu_seconds() - cpu) / (time.monotonic() - started) * 100
+        idle = {"cpu": share, "queries": signals.queries - queries, "wakeups": sum(signals.rings.values()) - rings}
+        print(f"idle {json.dumps({'recheck': recheck, 'window': idle})}", flush=True)
+        for i, handle in enumerate(handles):
+            if handle.get_result(timeout=120) != i:
+                raise RuntimeError(f"{handle.workflow_id} received another message than {i}")
+        finished = time.monotonic_ns()
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss = usage / 2**20 if sys.platform == "darwin" else usage / 2**10
+    print(f"finished {json.dumps({'at': finished, 'rss': rss})}", flush=True)
+
+
+def w7(ctx: Context) -> list[Figure]:
+    count = ctx.size("w7")
+    path = ctx.db("w7-recv")
+    with child("receiver", path, "w7", count, ctx.durability) as receiver:
+        expect_line(receiver, "ready")
+        with litedur.Client(path) as client:
+            latencies = exchange(receiver, count, lambda stamp: client.send("w7", stamp))
+        done = json.loads(expect_line(receiver, "done"))
+        reap(receiver)
+    figures = latency_figures("W7", "w7.recv", "send -> recv, cross-process", (latencies, done["cpu"]),
+                              {"p50": Target("<=", 1.0)} if ctx.normal else None, vs="raw.message",
+                              reader="receiver CPU/1,000 msgs")  # fmt: skip
+    figures += [
+        Figure(f"w7.rings.{how}", "W7", f"send -> recv: wake-ups by {how} (any waiting thread)", "wake-ups",
+               done["rings"].get(how, 0))
+        for how in ("file", "safety-net", "poll", "hand-over")
+    ]  # fmt: skip
+    figures.append(Figure("w7.queries", "W7", f"send -> recv: change queries, {count:,} messages", "queries",
+                          done["queries"]))  # fmt: skip
+
+    idle, window, settle = ctx.size("w7_idle"), ctx.sizes["w7_window"], ctx.sizes["w7_settle"]
+    path = ctx.db("w7-idle")
+    with child("idle-receivers", path, idle, window, settle, ctx.durability) as receivers:
+        measured = json.loads(expect_line(receivers, "idle"))
+        recheck, quiet = measured["recheck"], measured["window"]
+        with litedur.Client(path) as client:
+            started = time.monotonic_ns()
+            for i in range(idle):
+                client.send(f"idle-{i}", i)
+            sent = time.monotonic_ns()
+        finished = json.loads(expect_line(receivers, "finished"))
+        reap(receivers)
+    blocked = f"{idle:,} waiting in recv"
+    return [
+        *figures,
+        Figure("w7.recheck", "W7", f"{blocked}: watcher's first re-read: CPU", "ms",
+               recheck["cpu"] * 1000),
+        Figure("w7.recheck.wakeups", "W7", f"{blocked}: watcher's first re-read: wake-ups", "wake-ups",
+               recheck["wakeups"]),
+        Figure("w7.idle", "W7", f"{blocked}, then {window:g} s without messages: CPU", "% of a core",
+               quiet["cpu"], target=Target("<=", 1.0)),
+        Figure("w7.idle.queries", "W7", f"{blocked}, {window:g} s: change queries", "queries", quiet["queries"]),
+        Figure("w7.idle.wakeups", "W7", f"{blocked}, {window:g} s: wake-ups (any thread)", "wake-ups",
+               quiet["wakeups"]),
+        Figure("w7.sends", "W7", f"{blocked}: sending one message each", "ms",
+               (sent - started) / 1e6),
+        Figure("w7.drain", "W7", f"{blocked}: first send -> all finished", "ms",
+               (finished["at"] - started) / 1e6),
+        Figure("w7.rss", "W7", f"{blocked}: peak RSS of their process", "MiB", finished["rss"]),
+    ]  # fmt: skip
+
+
 def best_wall(command: list[str], times: int) -> float:
     best = float("inf")
     for _ in range(times):
@@ -845,11 +1068,12 @@ def w_import(ctx: Context) -> list[Figure]:
 
 
 RUNNERS: dict[str, Callable[[Context], list[Figure]]] = {
-    "RAW": w_raw, "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "IMPORT": w_import,
+    "RAW": w_raw, "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "IMPORT": w_import,
 }  # fmt: skip
 ROLES: dict[str, Callable[..., None]] = {
     "paced-writer": role_paced_writer, "raw-writer": role_raw_writer,
     "victim": role_victim, "recoverer": role_recoverer,
+    "receiver": role_receiver, "raw-receiver": role_raw_receiver, "idle-receivers": role_idle_receivers,
 }  # fmt: skip
 
 

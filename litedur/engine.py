@@ -156,6 +156,7 @@ class Engine(Client):
         self._launched = False
         self._writer = StreamWriter(self._storage, self._feed, self.executor_id) if group_writes else None
         self._deadlines = timers.DeadlineKeeper(self._cancel_at_deadline)
+        self._own_orphans = False  # a run here ended without recording its end: recover own work too
         self._recovery_interest: Any = None
 
     # ---- registration -----------------------------------------------------------------------
@@ -405,7 +406,7 @@ class Engine(Client):
         if outcome != "claimed":
             self._forget_running(executor, workflow_id)
             if outcome == "exceeded":
-                self._feed.notify()
+                self._feed.signal([workflow_id])
             return False
         return True
 
@@ -477,6 +478,9 @@ class Engine(Client):
         except (WorkflowCancelledError, StaleRunError):
             self._forget_running(executor, workflow_id)
             self._wake_recovery()  # a resume while this run was stopping waited for it to leave
+            raise
+        except BaseException:
+            self._own_orphans = True  # maybe unrecorded (a database error, a crash): look again
             raise
         finally:
             self._forget_running(executor, workflow_id)
@@ -681,9 +685,10 @@ class Engine(Client):
                 return
             interest.arm()
             with contextlib.suppress(LitedurError):  # a busy or read-only file now: try next round
-                # Own workflows too: one whose run died of a database error (disk full, ...) before it
-                # could record its end is PENDING here and running nowhere (a running one is skipped).
-                self._recover(include_own=True)
+                # Own workflows too after a run of this process ended without recording its end (a
+                # database error, disk full, ...): PENDING here and running nowhere.
+                own, self._own_orphans = self._own_orphans, False
+                self._recover(include_own=own)
 
     def _recover(self, include_own: bool) -> int:
         """Claim and start every PENDING workflow whose executor is dead; returns how many."""

@@ -1000,6 +1000,13 @@ class SQLiteStorage:
         Fenced on the run.
         """
         workflow_id = checkpoint.workflow_id
+        with self._translate_errors(f"receive a message in {workflow_id!r}"):
+            waiting = self._connection().execute(  # a read first: a wake-up for nothing takes no write lock
+                "SELECT 1 FROM messages WHERE workflow_id = ? AND topic IS ? AND consumed_at IS NULL LIMIT 1",
+                (workflow_id, topic),
+            ).fetchall()
+        if not waiting:
+            return None
         with self._write(f"receive a message in {workflow_id!r}") as conn:
             _fence(conn, workflow_id, executor_id)
             rows = conn.execute(
