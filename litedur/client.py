@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import management, messages
+from . import management, messages, runner
 from .errors import (
     MaxRecoveryAttemptsExceededError,
     WorkflowCancelledError,
     WorkflowNotFoundError,
 )
+from .runner import Plan
 from .storage import CLOSED_BY_TERMINATION, CLOSED_BY_WORKFLOW, SQLiteStorage, StepRow, WorkflowRow
 from .streams import AsyncStreamReader, StreamReader
 from .values import Codec, Serializer
@@ -111,7 +112,12 @@ class WorkflowHandle:
 
     def get_result(self, timeout: float | None = None) -> Any:
         """Wait for the workflow to end; return its output or raise its exception."""
-        return self._client._await_result(self.workflow_id, timeout)
+        runner.refuse_on_loop("handle.get_result()", "handle.get_result_async()")
+        return runner.run_sync(self._client._result_plan(self.workflow_id, timeout))
+
+    async def get_result_async(self, timeout: float | None = None) -> Any:
+        """`get_result` for async code: the loop runs on while it waits."""
+        return await runner.run_async(self._client._result_plan(self.workflow_id, timeout))
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.workflow_id!r})"
@@ -236,6 +242,14 @@ class Client:
         None when ``timeout`` seconds pass first, or at once when the workflow has ended without
         setting it. WorkflowNotFoundError for an unknown workflow.
         """
+        runner.refuse_on_loop("get_event()", "get_event_async()")
+        return runner.run_sync(self._event_plan(workflow_id, key, timeout))
+
+    async def get_event_async(self, workflow_id: str, key: str, timeout: float | None = 60) -> Any:
+        """`get_event` for async code."""
+        return await runner.run_async(self._event_plan(workflow_id, key, timeout))
+
+    def _event_plan(self, workflow_id: str, key: str, timeout: float | None) -> Plan[Any]:
         return messages.get_event(self, workflow_id, key, timeout)
 
     def list_events(self, workflow_id: str) -> dict[str, Any]:
@@ -349,12 +363,13 @@ class Client:
             error=error,
         )
 
-    def _await_result(self, workflow_id: str, timeout: float | None) -> Any:
+    def _result_plan(self, workflow_id: str, timeout: float | None) -> Plan[Any]:
+        """Wait for a workflow's end: its output, or its exception raised."""
         row = self._workflow_row(workflow_id)
         if row.status in FINAL_STATUSES:  # the common case costs one read and no wake-up
             return self._result_of(row)
         deadline = None if timeout is None else time.monotonic() + timeout
-        done, row = self._signals.wait_for((workflow_id,), lambda: self._final_row(workflow_id), deadline)
+        done, row = yield from self._signals.wait_plan((workflow_id,), lambda: self._final_row(workflow_id), deadline)
         if not done:
             raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout} s")
         return self._result_of(row)

@@ -1,6 +1,8 @@
 """Running durable workflows: the Engine, its decorators, checkpointed steps and recovery.
 
-A workflow's body runs in a thread with a `_Run` in a context variable. Each step call and each
+A workflow's body runs with a `_Run` in a context variable: in a thread, or as a task of an event
+loop for an ``async def`` workflow (see `runner`: steps, waits and whole runs are written once, as
+plans, and carried out by a sync or an async driver). Each step call and each
 durable operation in the body (a stream write, an event, a message sent or received, a sleep, a child
 started or awaited) takes the next *position*; a position with a record is replayed (the body of the
 step does not run again) and a position without one runs and is recorded in one commit. Every write
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import inspect
 import os
 import threading
 import time
@@ -25,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from . import liveness, management, messages, options, timers
+from . import liveness, management, messages, options, runner, timers
 from .client import FINAL_STATUSES, Client, WorkflowHandle, _check_path_type
 from .errors import (
     DatabaseError,
@@ -38,6 +41,7 @@ from .errors import (
     WorkflowCancelledError,
     WorkflowConflictError,
 )
+from .runner import CALL, Plan, Sleep
 from .storage import ANY_UNOWNED, WRITE_STREAM_STEP, StepRow, WorkflowRow
 from .streams import StreamWriter, check_key
 from .values import JSON, Serializer
@@ -70,10 +74,15 @@ class _Run:
     interest: Interest  # rung when the workflow changes (a cancel, a message): then check_running reads it
     deadline: float | None = None  # epoch seconds: the workflow is cancelled when it passes
     timeout: float | None = None
+    is_async: bool = False
     next_position: int = 0
-    step: _StepRun | None = None
     stream_ids: dict[str, int] = field(default_factory=dict)
     has_streams: bool = True  # False while a fresh run has not created any stream yet
+
+    @staticmethod
+    def current_step() -> _StepRun | None:
+        """The step attempt running in this context (thread or task), if any."""
+        return _current_step.get()
 
     def take_position(self) -> int:
         position = self.next_position
@@ -101,6 +110,7 @@ class _WorkflowSpec:
     name: str
     max_recovery_attempts: int
     timeout: float | None = None
+    is_async: bool = False
 
 
 @dataclass
@@ -119,6 +129,7 @@ class _Executor:
 
 
 _current_run: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("litedur_run", default=None)
+_current_step: contextvars.ContextVar[_StepRun | None] = contextvars.ContextVar("litedur_step", default=None)
 
 
 def _default_name(fn: Callable[..., Any]) -> str:
@@ -156,6 +167,7 @@ class Engine(Client):
         self._launched = False
         self._writer = StreamWriter(self._storage, self._feed, self.executor_id) if group_writes else None
         self._deadlines = timers.DeadlineKeeper(self._cancel_at_deadline)
+        self._runner = runner.AsyncRunner()
         self._own_orphans = False  # a run here ended without recording its end: recover own work too
         self._recovery_interest: Any = None
 
@@ -166,8 +178,10 @@ class Engine(Client):
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Make a function a durable workflow; calling it runs it durably in the caller's thread.
 
-        ``timeout`` (seconds) gives each run a durable deadline, after which it and its children are
-        cancelled (see `SetWorkflowTimeout`).
+        An ``async def`` workflow called directly (``await wf()``) runs in the caller's event loop;
+        started, recovered or dequeued, it runs on the engine's own loop thread. ``timeout``
+        (seconds) gives each run a durable deadline, after which it and its children are cancelled
+        (see `SetWorkflowTimeout`).
         """
         if name is not None and not isinstance(name, str):
             raise TypeError(f"workflow name must be a str, not {type(name).__name__}")
@@ -176,7 +190,8 @@ class Engine(Client):
         timeout = timers.check_timeout(timeout, "workflow timeout")
 
         def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-            spec = _WorkflowSpec(fn, name or _default_name(fn), max_recovery_attempts, timeout)
+            is_async = inspect.iscoroutinefunction(fn)
+            spec = _WorkflowSpec(fn, name or _default_name(fn), max_recovery_attempts, timeout, is_async)
             with self._lock:
                 known = self._workflows.get(spec.name)
                 if known is not None and known.fn is not fn:
@@ -187,6 +202,8 @@ class Engine(Client):
 
             @functools.wraps(fn)
             def call(*args: P.args, **kwargs: P.kwargs) -> R:
+                if spec.is_async:
+                    return self._call_workflow_async(spec, args, kwargs)  # type: ignore[return-value]
                 return self._call_workflow(spec, args, kwargs)
 
             call.__litedur_workflow__ = spec  # type: ignore[attr-defined]
@@ -201,7 +218,12 @@ class Engine(Client):
         interval: float = 1.0,
         backoff: float = 2.0,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Make a function a checkpointed step: inside a workflow its result is recorded once."""
+        """Make a function a checkpointed step: inside a workflow its result is recorded once.
+
+        An ``async def`` step is awaited; steps started together (``asyncio.gather``) take their
+        positions in call order. A sync step called from an ``async def`` workflow returns an
+        awaitable and runs in a worker thread, so the workflow's loop never blocks.
+        """
         if name is not None and not isinstance(name, str):
             raise TypeError(f"step name must be a str, not {type(name).__name__}")
         if type(max_attempts) is not int or max_attempts < 1:
@@ -213,12 +235,19 @@ class Engine(Client):
         def decorate(fn: Callable[P, R]) -> Callable[P, R]:
             policy = _StepPolicy(name or _default_name(fn), max_attempts, float(interval), float(backoff))
 
+            is_async = inspect.iscoroutinefunction(fn)
+
             @functools.wraps(fn)
             def call(*args: P.args, **kwargs: P.kwargs) -> R:
-                run = _current_run.get()
-                if run is None or run.step is not None or run.engine is not self:
+                run = self._body_run()
+                if run is None:  # outside a workflow, or inside a step: a plain call
                     return fn(*args, **kwargs)
-                return self._run_step(run, policy, fn, args, kwargs)
+                plan = self._step_plan(run, run.take_position(), policy)  # the position now, in call order
+                if is_async:
+                    return runner.run_async(plan, lambda: fn(*args, **kwargs))  # type: ignore[return-value]
+                if run.is_async and runner.running_loop() is not None:
+                    return runner.run_async(plan, lambda: runner.in_thread(fn, *args, **kwargs))  # type: ignore
+                return runner.run_sync(plan, lambda: fn(*args, **kwargs))
 
             return call
 
@@ -279,6 +308,7 @@ class Engine(Client):
         if self._writer is not None:
             self._writer.close()
         self._deadlines.close()
+        self._runner.close()
         with self._lock:
             if executor is not None:
                 executor.lock.release()
@@ -305,6 +335,13 @@ class Engine(Client):
         parent = self._body_run()
         if parent is not None:
             return WorkflowHandle(self, management.start_child(self, parent, spec, args, kwargs))
+        return self._start(spec, args, kwargs)
+
+    async def start_workflow_async(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> WorkflowHandle:
+        """`start_workflow` for async code (recording the start is one short commit)."""
+        return self.start_workflow(fn, *args, **kwargs)
+
+    def _start(self, spec: _WorkflowSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> WorkflowHandle:
         workflow_id = options.take_workflow_id()
         created, row, executor = self._create(spec, workflow_id, args, kwargs)
         if created:
@@ -314,23 +351,47 @@ class Engine(Client):
         return WorkflowHandle(self, workflow_id)
 
     def _call_workflow(self, spec: _WorkflowSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A direct call: run the workflow durably in this thread (or wait for the run that has its id)."""
         parent = self._body_run()
+        how, row, args, kwargs, executor = self._prepare_call(spec, self._call_id(parent), args, kwargs, parent)
+        if how == "wait":
+            return runner.run_sync(Client._result_plan(self, row.workflow_id, None))  # not a checkpoint
+        return self._execute(spec, row, args, kwargs, executor, fresh=how == "run fresh")
+
+    def _call_workflow_async(self, spec: _WorkflowSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        parent = self._body_run()
+        workflow_id = self._call_id(parent)  # now: a child's position is taken in call order
+
+        async def call() -> Any:
+            how, row, call_args, call_kwargs, executor = self._prepare_call(spec, workflow_id, args, kwargs, parent)
+            if how == "wait":
+                return await runner.run_async(Client._result_plan(self, row.workflow_id, None))
+            return await self._execute_async(spec, row, call_args, call_kwargs, executor, fresh=how == "run fresh")
+
+        return call()
+
+    def _call_id(self, parent: _Run | None) -> str:
         if parent is not None and options.chosen_workflow_id() is None:
-            workflow_id = management.child_id(parent, parent.take_position())
-        else:
-            workflow_id = options.take_workflow_id()
+            return management.child_id(parent, parent.take_position())
+        return options.take_workflow_id()
+
+    def _prepare_call(
+        self, spec: _WorkflowSpec, workflow_id: str, args: Any, kwargs: Any, parent: _Run | None
+    ) -> tuple[str, WorkflowRow, Any, Any, _Executor]:
+        """Create (or find) a directly called workflow: "run fresh" (just created), "run" (adopted from
+        a dead executor) or "wait" (another executor runs it), with its row and recorded arguments."""
         created, row, executor = self._create(spec, workflow_id, args, kwargs, parent)
         if created:
-            return self._execute(spec, row, args, kwargs, executor, fresh=True)
+            return "run fresh", row, args, kwargs, executor
         if self._adopt(spec, row, executor):
             recorded = self._decode(row.inputs_encoding, row.inputs)
-            return self._execute(spec, row, tuple(recorded["args"]), recorded["kwargs"], executor)
-        return Client._await_result(self, workflow_id, None)  # not a checkpoint: the call took its position
+            return "run", row, tuple(recorded["args"]), recorded["kwargs"], executor
+        return "wait", row, args, kwargs, executor
 
     def _body_run(self) -> _Run | None:
-        """The run of this engine whose body (not a step) is executing in this thread, if any."""
+        """The run of this engine whose body (not a step) is executing in this context, if any."""
         run = _current_run.get()
-        return run if run is not None and run.step is None and run.engine is self else None
+        return run if run is not None and run.engine is self and _current_step.get() is None else None
 
     def _spec_of(self, fn: Any) -> _WorkflowSpec:
         spec = getattr(fn, "__litedur_workflow__", None)
@@ -420,6 +481,10 @@ class Engine(Client):
         fresh: bool = False,
     ) -> None:
         with self._lock:  # held until the future is registered, so the run cannot forget it first
+            if spec.is_async:
+                run = self._execute_async(spec, row, args, kwargs, executor, fresh)
+                executor.running[row.workflow_id] = self._runner.submit(_quietly(run))
+                return
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
@@ -433,15 +498,21 @@ class Engine(Client):
             self._execute(*call)
 
     def _execute(
-        self,
-        spec: _WorkflowSpec,
-        row: WorkflowRow,
-        args: Any,
-        kwargs: Any,
-        executor: _Executor,
-        fresh: bool = False,
+        self, spec: _WorkflowSpec, row: WorkflowRow, args: Any, kwargs: Any, executor: _Executor, fresh: bool = False
     ) -> Any:
-        """Run (or replay) a workflow body this executor owns and record its final status.
+        """Run (or replay) a workflow body in this thread and record its final status."""
+        plan = self._workflow_plan(row, executor, fresh, spec.is_async)
+        return runner.run_sync(plan, lambda: spec.fn(*args, **kwargs))
+
+    async def _execute_async(
+        self, spec: _WorkflowSpec, row: WorkflowRow, args: Any, kwargs: Any, executor: _Executor, fresh: bool = False
+    ) -> Any:
+        """Run (or replay) an async workflow body in the running loop and record its final status."""
+        plan = self._workflow_plan(row, executor, fresh, spec.is_async)
+        return await runner.run_async(plan, lambda: spec.fn(*args, **kwargs))
+
+    def _workflow_plan(self, row: WorkflowRow, executor: _Executor, fresh: bool, is_async: bool) -> Plan[Any]:
+        """One run of a workflow this executor owns, from the first position to its final status.
 
         The final status is fenced like every write of the run: a run that was cancelled (or whose
         workflow went to another executor) records nothing and raises why it stopped.
@@ -453,11 +524,11 @@ class Engine(Client):
             if not fresh:  # a cancel may have come before the interest: read the status once
                 interest.ring("hand-over")
             run = _Run(self, workflow_id, executor.executor_id, checkpoints, attempts, interest, row.deadline,
-                       row.timeout, has_streams=not fresh)  # fmt: skip
+                       row.timeout, is_async, has_streams=not fresh)  # fmt: skip
             token = _current_run.set(run)
             try:
                 timers.start_run(self, run)
-                result = spec.fn(*args, **kwargs)
+                result = yield CALL
             except Exception as exc:
                 # If the error cannot be recorded either (the disk is still full, ...), the caller gets
                 # the first error, not that one, and the workflow stays PENDING for recovery.
@@ -519,10 +590,10 @@ class Engine(Client):
 
     # ---- steps ----------------------------------------------------------------------------------
 
-    def _run_step(
-        self, run: _Run, policy: _StepPolicy, fn: Callable[..., Any], args: Any, kwargs: Any
-    ) -> Any:
-        position = run.take_position()
+    def _step_plan(self, run: _Run, position: int, policy: _StepPolicy) -> Plan[Any]:
+        """The step at ``position``. Replay rule: a recorded output is returned (a recorded error
+        raised) and the body does not run; else attempts run (with retries after ``interval *
+        backoff**n`` s) until one returns, and its output (or the last error) is recorded."""
         recorded = run.checkpoints.get(position)
         if recorded is not None:
             return self._replay(run, position, recorded, policy.name)
@@ -531,20 +602,19 @@ class Engine(Client):
         for number in range(policy.max_attempts):
             timers.check_running(self, run)  # a cancelled run starts no step body
             attempt = first_attempt + number
-            run.step = _StepRun(position, attempt)
+            token = _current_step.set(_StepRun(position, attempt))
             try:
                 try:
-                    result = fn(*args, **kwargs)
+                    result = yield CALL
                 finally:
+                    _current_step.reset(token)
                     self._flush_stream_writes(run)  # this attempt's values are committed first
             except Exception as exc:
                 if number + 1 < policy.max_attempts:
-                    time.sleep(policy.interval * policy.backoff**number)
+                    yield Sleep(policy.interval * policy.backoff**number)
                     continue
                 self._record_step(run, position, policy.name, attempt, started, error=exc)
                 raise
-            finally:
-                run.step = None
             try:
                 output = self._codec.encode(result)
             except SerializationError as exc:
@@ -603,7 +673,7 @@ class Engine(Client):
         if run is None or run.engine is not self:
             raise NotInWorkflowError("write_stream() must be called inside a workflow or a step of this engine")
         encoded = self._codec.encode(value)
-        step = run.step
+        step = _current_step.get()
         if step is None:
             self._write_checkpoint(run, key, encoded)
             self._feed.notify()
@@ -660,11 +730,10 @@ class Engine(Client):
         """Inside a step: the values earlier attempts of this same step wrote to ``key``."""
         check_key(key)
         run = self._current("already_written")
-        if run.step is None:
+        step = _current_step.get()
+        if step is None:
             raise NotInWorkflowError("already_written() must be called inside a step")
-        entries = self._storage.earlier_attempt_values(
-            run.workflow_id, key, run.step.position, run.step.attempt
-        )
+        entries = self._storage.earlier_attempt_values(run.workflow_id, key, step.position, step.attempt)
         return [self._codec.decode(e.encoding, e.value) for e in entries]
 
     def _current(self, what: str) -> _Run:
@@ -732,12 +801,32 @@ class Engine(Client):
 
         The deadline is recorded at the first attempt, so a recovered run waits only what remains.
         """
-        return messages.recv(self, self._body_run_for("recv"), topic, timeout)
+        runner.refuse_on_loop("recv()", "app.recv_async()")
+        return runner.run_sync(messages.recv(self, self._body_run_for("recv"), topic, timeout))
+
+    async def recv_async(self, topic: str | None = None, timeout: float | None = 60) -> Any:
+        """`recv` for an ``async def`` workflow."""
+        return await runner.run_async(messages.recv(self, self._body_run_for("recv_async"), topic, timeout))
 
     def sleep(self, seconds: float) -> None:
         """Durable sleep: in a workflow body the deadline is recorded, and after a crash the workflow
         wakes at the original deadline (at once if it passed). A cancel wakes it. Elsewhere: time.sleep."""
-        timers.sleep(self, _current_run.get(), seconds)
+        runner.refuse_on_loop("sleep()", "app.sleep_async()")
+        run = self._body_run()
+        if run is None:
+            time.sleep(timers.check_timeout(seconds, "sleep") or 0.0)
+            return
+        runner.run_sync(timers.sleep(self, run, seconds))
+
+    async def sleep_async(self, seconds: float) -> None:
+        """`sleep` for async code (durable in an ``async def`` workflow body)."""
+        run = self._body_run()
+        if run is None:
+            import asyncio
+
+            await asyncio.sleep(timers.check_timeout(seconds, "sleep") or 0.0)
+            return
+        await runner.run_async(timers.sleep(self, run, seconds))
 
     def send(
         self, workflow_id: str, message: Any, topic: str | None = None, *, idempotency_key: str | None = None
@@ -749,17 +838,18 @@ class Engine(Client):
         messages.send_from_run(self, run, workflow_id, message, topic)
         return True
 
-    def get_event(self, workflow_id: str, key: str, timeout: float | None = 60) -> Any:
-        """Wait for an event's value (see `Client.get_event`); in a workflow body it is a checkpoint."""
+    def _event_plan(self, workflow_id: str, key: str, timeout: float | None) -> Plan[Any]:
+        """``get_event``; in a workflow body a checkpoint (see `messages.get_event_in_run`)."""
         run = self._body_run()
         if run is None:
-            return super().get_event(workflow_id, key, timeout)
+            return super()._event_plan(workflow_id, key, timeout)
         return messages.get_event_in_run(self, run, workflow_id, key, timeout)
 
-    def _await_result(self, workflow_id: str, timeout: float | None) -> Any:
+    def _result_plan(self, workflow_id: str, timeout: float | None) -> Plan[Any]:
+        """``handle.get_result``; in a workflow body a checkpoint (see `management.await_child`)."""
         run = self._body_run()
         if run is None:
-            return super()._await_result(workflow_id, timeout)
+            return super()._result_plan(workflow_id, timeout)
         return management.await_child(self, run, workflow_id, timeout)
 
     def _cancel_at_deadline(self, workflow_id: str, deadline: float) -> None:
@@ -785,3 +875,9 @@ def _hostname() -> str:
     import socket  # Windows: a slower import, only there
 
     return socket.gethostname()
+
+
+async def _quietly(run: Any) -> None:
+    """Await a run whose failure is recorded as the workflow's ERROR (handles re-raise it)."""
+    with contextlib.suppress(Exception):
+        await run

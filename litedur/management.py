@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import options
 from .errors import WorkflowNotFoundError
+from .runner import Plan
 from .storage import ANY_UNOWNED, StepRow
 from .timers import wait_durably
 
@@ -90,14 +91,14 @@ def start_child(engine: Engine, parent: _Run, spec: _WorkflowSpec, args: Any, kw
     return workflow_id
 
 
-def await_child(engine: Engine, parent: _Run, workflow_id: str, timeout: float | None) -> Any:
+def await_child(engine: Engine, parent: _Run, workflow_id: str, timeout: float | None) -> Plan[Any]:
     """``handle.get_result()`` in a body. Replay rule: the result (or exception) it got is the checkpoint."""
     position, recorded = parent.checkpoint(GET_RESULT_STEP)
     if recorded is not None:
         return engine._recorded_outcome(recorded)
     started = time.time()
     engine._workflow_row(workflow_id)  # an unknown id raises before anything is recorded
-    done, row = wait_durably(
+    done, row = yield from wait_durably(
         engine, parent, position, timeout, lambda: engine._final_row(workflow_id), others=(workflow_id,)
     )
     try:

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import SerializationError, WorkflowNotFoundError, WorkflowStatusError
+from .runner import Plan
 from .storage import ACTIVE_STATUSES, StepRow
 from .timers import check_timeout, wait_durably
 
@@ -42,8 +43,9 @@ def set_event(engine: Engine, run: _Run, key: str, value: Any) -> None:
     replay does not set it again); in a step it is part of the step (a retried attempt sets it again)."""
     _check_str(key, "event key")
     encoded = engine._codec.encode(value)
-    if run.step is not None:
-        engine._storage.set_event(run.workflow_id, key, encoded, run.step.position, run.executor_id)
+    step = run.current_step()
+    if step is not None:
+        engine._storage.set_event(run.workflow_id, key, encoded, step.position, run.executor_id)
     else:
         name = f"{SET_EVENT_STEP}:{key}"
         position, recorded = run.checkpoint(name)
@@ -55,17 +57,19 @@ def set_event(engine: Engine, run: _Run, key: str, value: Any) -> None:
     engine._feed.signal([run.workflow_id])
 
 
-def get_event(client: Client, workflow_id: str, key: str, timeout: float | None) -> Any:
+def get_event(client: Client, workflow_id: str, key: str, timeout: float | None) -> Plan[Any]:
     """Wait (outside a workflow body) for an event's value; None on timeout or once the workflow ended."""
     _check_str(workflow_id, "workflow_id")
     _check_str(key, "event key")
     timeout = check_timeout(timeout, "get_event timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
-    done, encoded = client._signals.wait_for((workflow_id,), lambda: _event_or_end(client, workflow_id, key), deadline)
+    done, encoded = yield from client._signals.wait_plan(
+        (workflow_id,), lambda: _event_or_end(client, workflow_id, key), deadline
+    )
     return None if not done or encoded is None else client._decode(*encoded)
 
 
-def get_event_in_run(engine: Engine, run: _Run, workflow_id: str, key: str, timeout: float | None) -> Any:
+def get_event_in_run(engine: Engine, run: _Run, workflow_id: str, key: str, timeout: float | None) -> Plan[Any]:
     """``get_event`` from a workflow body. Replay rule: the value it returned (or None) is its checkpoint."""
     _check_str(workflow_id, "workflow_id")
     _check_str(key, "event key")
@@ -75,7 +79,7 @@ def get_event_in_run(engine: Engine, run: _Run, workflow_id: str, key: str, time
         return engine._recorded_outcome(recorded)
     started = time.time()
     _event_or_end(engine, workflow_id, key)  # an unknown workflow raises before anything is recorded
-    done, encoded = wait_durably(
+    done, encoded = yield from wait_durably(
         engine, run, position, timeout, lambda: _event_or_end(engine, workflow_id, key), others=(workflow_id,)
     )
     output = encoded if done and encoded is not None else engine._codec.encode(None)
@@ -139,7 +143,7 @@ def _encode_message(client: Client, message: Any) -> tuple[int, Any]:
         raise SerializationError(f"cannot send this message: {exc}") from exc
 
 
-def recv(engine: Engine, run: _Run, topic: str | None, timeout: float | None) -> Any:
+def recv(engine: Engine, run: _Run, topic: str | None, timeout: float | None) -> Plan[Any]:
     """The next message of ``topic`` for the run's workflow, or None after ``timeout`` seconds.
 
     Replay rule: the message received (or None) is the checkpoint, committed in the same transaction
@@ -157,7 +161,7 @@ def recv(engine: Engine, run: _Run, topic: str | None, timeout: float | None) ->
         taken = engine._storage.consume_message(checkpoint._replace(finished_at=time.time()), topic, run.executor_id)
         return taken is not None, taken
 
-    done, taken = wait_durably(engine, run, position, timeout, consume)
+    done, taken = yield from wait_durably(engine, run, position, timeout, consume)
     if done and taken is not None:
         return engine._decode(*taken)
     engine._record_step(run, position, RECV_STEP, 1, started, output=engine._codec.encode(None))

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from .errors import WorkflowNotFoundError
+from .runner import refuse_on_loop
 from .storage import SQLiteStorage, StreamGroup
 from .values import Codec
 from .wakeup import ChangeFeed
@@ -117,6 +118,7 @@ class StreamReader(Iterator[Any]):
                     f"no value at offset {self.offset} of stream {self.key!r} of workflow "
                     f"{self.workflow_id!r} within {self.timeout} s"
                 )
+            refuse_on_loop("iterating read_stream()", "read_stream_async()")
             self._waiter.wait(deadline)
 
     def _take_published(self) -> bool:

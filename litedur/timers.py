@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import LitedurError, StaleRunError, WorkflowCancelledError, WorkflowInterrupted
+from .runner import Plan
 from .storage import WorkflowRow, WorkflowState
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def wait_durably(
     timeout: float | None,
     check: Callable[[], tuple[bool, T]],
     others: tuple[str, ...] = (),
-) -> tuple[bool, T | None]:
+) -> Plan[tuple[bool, T | None]]:
     """Wait at ``position`` until ``check`` says done, the wait's recorded deadline passes (False), or
     the run must stop (raised; WorkflowInterrupted when the engine shuts down, which leaves the
     workflow PENDING for the next launch). Wakes when this workflow or one of ``others`` changes.
@@ -122,7 +123,7 @@ def wait_durably(
         return check()
 
     monotonic_end = None if end is None else time.monotonic() + (end - time.time())
-    done, value = engine._signals.wait_for((run.workflow_id, *others), check_run_then, monotonic_end)
+    done, value = yield from engine._signals.wait_plan((run.workflow_id, *others), check_run_then, monotonic_end)
     if not done:
         if run.deadline is not None and end == run.deadline:
             time_out(engine, run)  # the workflow's own deadline is what passed (whatever the clocks say)
@@ -130,18 +131,16 @@ def wait_durably(
     return done, value
 
 
-def sleep(engine: Engine, run: _Run | None, seconds: float) -> None:
-    """Durable sleep at the next position of a workflow body (its deadline recorded); else time.sleep."""
+def sleep(engine: Engine, run: _Run, seconds: float) -> Plan[None]:
+    """Durable sleep at the next position of a workflow body. Replay rule: the deadline recorded at
+    the first attempt is kept, so a recovered run wakes at it (at once if it passed)."""
     seconds = check_timeout(seconds, "sleep")
     assert seconds is not None
-    if run is None or run.step is not None or run.engine is not engine:
-        time.sleep(seconds)
-        return
     position, recorded = run.checkpoint(SLEEP_STEP)
     if recorded is not None:
         return
     started = time.time()
-    wait_durably(engine, run, position, seconds, _never_done)
+    yield from wait_durably(engine, run, position, seconds, _never_done)
     engine._record_step(run, position, SLEEP_STEP, 1, started, output=engine._codec.encode(None))
 
 

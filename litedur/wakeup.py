@@ -25,6 +25,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from .runner import Plan, Wait, run_sync
+
 T = TypeVar("T")
 
 SAFETY_NET = 1.0
@@ -259,15 +261,43 @@ class Interest:
         self._signals = signals
         self.workflow_ids = workflow_ids
         self._event = threading.Event()
+        self._loop: Any = None  # set by wait_async: rings then reach that event loop too
+        self._async_event: Any = None
         self.woken_by: str | None = None  # "hand-over", "file", "poll" or "safety-net": how the last ring came
+        self.blocked = False  # in wait or wait_async now: its check found nothing, only a ring or a deadline ends it
 
     def arm(self) -> None:
         """Forget earlier rings; call before checking the database."""
         self._event.clear()
+        if self._async_event is not None:
+            self._async_event.clear()
 
     def ring(self, how: str) -> None:
         self.woken_by = how
         self._event.set()
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits there any more
+                loop.call_soon_threadsafe(self._async_event.set)
+
+    async def wait_async(self, deadline: float | None) -> bool:
+        """`wait` for a coroutine: the loop runs on while it waits."""
+        import asyncio
+
+        if self._async_event is None:  # before looking at the event: a ring from now on reaches the loop
+            self._async_event = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+        if self._event.is_set():
+            return True
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self.blocked = True
+        try:
+            await asyncio.wait_for(self._async_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self.blocked = False
+        return True
 
     def rung(self) -> bool:
         """True if rung since the last `arm`."""
@@ -276,7 +306,11 @@ class Interest:
     def wait(self, deadline: float | None) -> bool:
         """Block until rung (True) or ``deadline`` (a time.monotonic() value) passes (False)."""
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self._event.wait(timeout)
+        self.blocked = True
+        try:
+            return self._event.wait(timeout)
+        finally:
+            self.blocked = False
 
     def close(self) -> None:
         self._signals._unregister(self)
@@ -371,6 +405,11 @@ class WorkflowSignals:
                 return
             self._count -= 1
 
+    def blocked(self, workflow_id: str) -> int:
+        """How many waits on this workflow are blocked now (a test hook: a change from now on must wake them)."""
+        with self._lock:
+            return sum(interest.blocked for interest in self._by_id.get(workflow_id, ()))
+
     def ring(self, workflow_ids: Iterable[str], how: str) -> None:
         """Ring the interests in these workflows (and those in any workflow)."""
         with self._lock:
@@ -383,14 +422,14 @@ class WorkflowSignals:
             self.rings[how] += 1
             interest.ring(how)
 
-    def wait_for(
+    def wait_plan(
         self, workflow_ids: tuple[str, ...], check: Callable[[], tuple[bool, T]], deadline: float | None
-    ) -> tuple[bool, T | None]:
+    ) -> Plan[tuple[bool, T | None]]:
         """Call ``check`` until it says done, re-checking whenever these workflows change.
 
         Returns ``(True, value)`` from ``check``, or ``(False, None)`` once ``deadline`` (monotonic)
         passes. The interest is armed before each check, so no change between a check and the wait
-        is missed.
+        is missed. A plan (see `runner`): it yields the waits for a sync or an async driver.
         """
         with self.interest(*workflow_ids) as interest:
             while True:
@@ -400,7 +439,13 @@ class WorkflowSignals:
                     return True, value
                 if deadline is not None and time.monotonic() >= deadline:
                     return False, None
-                interest.wait(deadline)
+                yield Wait(interest, deadline)
+
+    def wait_for(
+        self, workflow_ids: tuple[str, ...], check: Callable[[], tuple[bool, T]], deadline: float | None
+    ) -> tuple[bool, T | None]:
+        """`wait_plan`, blocking this thread."""
+        return run_sync(self.wait_plan(workflow_ids, check, deadline))
 
     def close(self) -> None:
         """Stop the watcher thread and release its descriptors."""

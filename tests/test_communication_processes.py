@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -25,7 +24,6 @@ import pytest
 from support import SideEffectLog, finish, kill, spawn, stream_entries, wait_until
 
 import litedur
-from litedur.wakeup import Interest
 
 RECV = "litedur.recv"
 
@@ -322,19 +320,6 @@ def test_events_set_before_a_kill_are_still_there_and_later_sets_update_them(db,
 # ---- 5. waits across processes are woken by the change, not by polling -----------------------------------
 
 
-def blocked_in_interest_wait(thread: threading.Thread, function: str) -> bool:
-    """True once ``thread`` is blocked in `Interest.wait` under ``function``: its check has run and found
-    nothing, so only a ring can end the wait now (this process's frames; the worker has its own monitor)."""
-    frame = sys._current_frames().get(thread.ident)
-    names = []
-    while frame is not None:
-        if frame.f_code.co_name == "wait" and isinstance(frame.f_locals.get("self"), Interest):
-            names.append("Interest.wait")
-        names.append(frame.f_code.co_name)
-        frame = frame.f_back
-    return "Interest.wait" in names and function in names
-
-
 def ring_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {how: after[how] - before[how] for how in after}
 
@@ -371,7 +356,7 @@ def test_cross_process_waits_are_woken_by_the_signal_file_in_both_directions(db,
 
         waiter = threading.Thread(target=wait_for_pong, daemon=True)
         waiter.start()
-        wait_until(lambda: blocked_in_interest_wait(waiter, "get_event"))
+        wait_until(lambda: waiting._signals.blocked("echo") > 0)
         rings_before = dict(waiting._signals.rings)
         gate.touch()  # the worker may set the event now
         waiter.join(30)
