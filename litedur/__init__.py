@@ -11,6 +11,7 @@ from .client import Client, MessageInfo, StepInfo, StreamInfo, WorkflowHandle, W
 from .engine import Engine
 from .errors import (
     DatabaseError,
+    DuplicateWorkflowError,
     ExecutorError,
     LitedurError,
     MaxRecoveryAttemptsExceededError,
@@ -26,7 +27,8 @@ from .errors import (
     WorkflowNotFoundError,
     WorkflowStatusError,
 )
-from .options import SetWorkflowID, SetWorkflowTimeout
+from .options import SetEnqueueOptions, SetWorkflowID, SetWorkflowTimeout
+from .queues import Queue
 from .streams import AsyncStreamReader, StreamReader
 from .values import Pickled, Serializer
 
@@ -36,6 +38,7 @@ __all__ = [
     "AsyncStreamReader",
     "Client",
     "DatabaseError",
+    "DuplicateWorkflowError",
     "Engine",
     "ExecutorError",
     "LitedurError",
@@ -44,9 +47,11 @@ __all__ = [
     "NonDeterminismError",
     "NotInWorkflowError",
     "Pickled",
+    "Queue",
     "RecordedError",
     "SerializationError",
     "Serializer",
+    "SetEnqueueOptions",
     "SetWorkflowID",
     "SetWorkflowTimeout",
     "StaleRunError",

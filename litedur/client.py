@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import management, messages, runner
+from . import management, messages, queues, runner
 from .errors import (
+    LitedurError,
     MaxRecoveryAttemptsExceededError,
     WorkflowCancelledError,
     WorkflowNotFoundError,
@@ -22,7 +23,7 @@ from .errors import (
 from .runner import Plan
 from .storage import CLOSED_BY_TERMINATION, CLOSED_BY_WORKFLOW, SQLiteStorage, StepRow, WorkflowRow
 from .streams import AsyncStreamReader, StreamReader
-from .values import Codec, Serializer
+from .values import JSON, Codec, Serializer
 from .wakeup import WorkflowSignals, feed_for
 
 FINAL_STATUSES = frozenset({"SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
@@ -46,6 +47,22 @@ class WorkflowStatus:
     timeout: float | None = None
     deadline: float | None = None  # epoch seconds, while a timeout applies
     cancel_reason: str | None = None  # why it was CANCELLED: a request, its deadline, or its parent's cancel
+    queue_name: str | None = None
+    priority: int | None = None
+    deduplication_id: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A queue: its limits (None where it was never declared, only used) and what it holds now."""
+
+    name: str
+    enqueued: int
+    running: int
+    concurrency: int | None = None
+    worker_concurrency: int | None = None
+    limiter: dict[str, Any] | None = None
+    priority_enabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,13 +209,45 @@ class Client:
         return WorkflowHandle(self, workflow_id)
 
     def list_workflows(
-        self, status: str | None = None, name: str | None = None, limit: int | None = None
+        self, status: str | None = None, name: str | None = None, limit: int | None = None, queue: str | None = None
     ) -> list[WorkflowStatus]:
-        """Workflows newest first, filtered by status and name, at most ``limit``."""
+        """Workflows newest first, filtered by status, name and queue, at most ``limit``."""
         if limit is not None and (type(limit) is not int or limit < 0):
             raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
-        rows = self._storage.list_workflows(status=status, name=name, limit=limit)
+        rows = self._storage.list_workflows(status=status, name=name, limit=limit, queue=queue)
         return [self._status_of(row) for row in rows]
+
+    # ---- queues ---------------------------------------------------------------------------------
+
+    def enqueue(self, queue_name: str, workflow_name: str, *args: Any, **kwargs: Any) -> WorkflowHandle:
+        """Enqueue the workflow registered as ``workflow_name`` (by any process) in a declared queue,
+        from a process that does not have its function; `SetEnqueueOptions` and `SetWorkflowID` apply."""
+        if not isinstance(queue_name, str) or not isinstance(workflow_name, str):
+            raise TypeError(f"queue and workflow names must be str, not {queue_name!r} and {workflow_name!r}")
+        queue = self._storage.get_queue(queue_name)
+        if queue is None:
+            raise LitedurError(f"no queue named {queue_name!r} in {self.path} (declare it with app.queue in a worker)")
+        return WorkflowHandle(self, queues.enqueue(self, queue, workflow_name, args, kwargs, None))
+
+    def list_queues(self) -> list[QueueInfo]:
+        """Every queue declared on this file or holding workflows, with its counts and limits, by name."""
+        found = []
+        for declared, counts in self._storage.list_queues():
+            limits = {}
+            if declared is not None:
+                limiter = None
+                if declared.rate_limit is not None:
+                    limiter = {"limit": declared.rate_limit, "period": declared.rate_period}
+                limits = {"concurrency": declared.concurrency, "worker_concurrency": declared.worker_concurrency,
+                          "limiter": limiter, "priority_enabled": bool(declared.priority_enabled)}  # fmt: skip
+            found.append(QueueInfo(counts.name, counts.enqueued, counts.running, **limits))
+        return found
+
+    def _encode_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, Any]:
+        inputs = self._codec.encode({"args": list(args), "kwargs": kwargs})
+        if inputs[0] != JSON:  # pickled: keep the exact tuple of arguments
+            inputs = self._codec.encode({"args": args, "kwargs": kwargs})
+        return inputs
 
     def list_steps(self, workflow_id: str) -> list[StepInfo]:
         """The workflow's recorded steps, by position."""
@@ -348,6 +397,9 @@ class Client:
             timeout=row.timeout,
             deadline=row.deadline,
             cancel_reason=row.cancel_reason,
+            queue_name=row.queue_name,
+            priority=row.priority,
+            deduplication_id=row.deduplication_id,
         )
 
     def _step_of(self, row: StepRow) -> StepInfo:

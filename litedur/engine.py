@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from . import liveness, management, messages, options, runner, timers
+from . import liveness, management, messages, options, queues, runner, timers
 from .client import FINAL_STATUSES, Client, WorkflowHandle, _check_path_type
 from .errors import (
     DatabaseError,
@@ -44,7 +44,7 @@ from .errors import (
 from .runner import CALL, Plan, Sleep
 from .storage import ANY_UNOWNED, WRITE_STREAM_STEP, StepRow, WorkflowRow
 from .streams import StreamWriter, check_key
-from .values import JSON, Serializer
+from .values import Serializer
 from .wakeup import Interest
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class _Run:
     deadline: float | None = None  # epoch seconds: the workflow is cancelled when it passes
     timeout: float | None = None
     is_async: bool = False
+    queue_name: str | None = None
     next_position: int = 0
     stream_ids: dict[str, int] = field(default_factory=dict)
     has_streams: bool = True  # False while a fresh run has not created any stream yet
@@ -168,6 +169,8 @@ class Engine(Client):
         self._writer = StreamWriter(self._storage, self._feed, self.executor_id) if group_writes else None
         self._deadlines = timers.DeadlineKeeper(self._cancel_at_deadline)
         self._runner = runner.AsyncRunner()
+        self._dispatcher = queues.Dispatcher(self)
+        self._queues: dict[str, queues.Queue] = {}
         self._own_orphans = False  # a run here ended without recording its end: recover own work too
         self._recovery_interest: Any = None
 
@@ -269,6 +272,7 @@ class Engine(Client):
             target=self._recover_periodically, name="litedur-recovery", daemon=True
         )
         self._recovery_thread.start()
+        self._dispatcher.start()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop recovering, wait up to ``timeout`` s for running workflows, then release the file.
@@ -281,6 +285,7 @@ class Engine(Client):
         are still alive, nobody may adopt them) and the connections stay open for them.
         """
         self._stopping.set()
+        self._dispatcher.close()
         if self._signals_or_none is not None:  # durable waits end now; their workflows resume on a later launch
             self._signals_or_none.ring_everyone("hand-over")
         if self._recovery_thread is not None:
@@ -401,12 +406,6 @@ class Engine(Client):
             )
         return spec
 
-    def _encode_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, Any]:
-        inputs = self._codec.encode({"args": list(args), "kwargs": kwargs})
-        if inputs[0] != JSON:  # pickled: keep the exact tuple of arguments
-            inputs = self._codec.encode({"args": args, "kwargs": kwargs})
-        return inputs
-
     def _limits(self, spec: _WorkflowSpec, parent: _Run | None) -> tuple[float | None, float | None]:
         """``(timeout, deadline)`` of a workflow starting now: its own, bounded by its parent's deadline."""
         timeout = options.chosen_timeout(spec.timeout)
@@ -524,7 +523,7 @@ class Engine(Client):
             if not fresh:  # a cancel may have come before the interest: read the status once
                 interest.ring("hand-over")
             run = _Run(self, workflow_id, executor.executor_id, checkpoints, attempts, interest, row.deadline,
-                       row.timeout, is_async, has_streams=not fresh)  # fmt: skip
+                       row.timeout, is_async, row.queue_name, has_streams=not fresh)  # fmt: skip
             token = _current_run.set(run)
             try:
                 timers.start_run(self, run)
@@ -566,7 +565,10 @@ class Engine(Client):
             run.workflow_id, status, run.executor_id, has_streams=run.has_streams, **outcome
         )
         if finished:
-            self._feed.signal([run.workflow_id])
+            changed = [run.workflow_id]
+            if run.queue_name is not None:  # a slot of its queue is free
+                changed.append(queues.queue_key(run.queue_name))
+            self._feed.signal(changed)
         return finished
 
     def _forget_running(self, executor: _Executor, workflow_id: str) -> None:
@@ -769,6 +771,8 @@ class Engine(Client):
                 continue
             if not own and liveness.is_alive(self.path, owner):
                 continue
+            if not own and owner is not None:  # queued work goes back to its queue, at its place
+                self._storage.requeue_workflows_of(owner)
             for workflow_id, name in self._storage.pending_workflows_of(owner):
                 spec = self._workflows.get(name)
                 if spec is None or not self._claim(spec, workflow_id, owner, executor):
@@ -789,6 +793,54 @@ class Engine(Client):
             self._feed.signal([workflow_id])
             return
         self._submit(spec, row, tuple(inputs["args"]), inputs["kwargs"], executor)
+
+    # ---- queues (delegated) ------------------------------------------------------------------------
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        worker_concurrency: int | None = None,
+        limiter: dict[str, Any] | None = None,
+        priority_enabled: bool = False,
+    ) -> queues.Queue:
+        """Declare a durable queue (see `queues`): at most ``concurrency`` of its workflows run at once
+        across every process on the file, ``worker_concurrency`` in one process, and ``limiter`` =
+        ``{"limit": n, "period": seconds}`` starts in any window of that length."""
+        declaration = queues.check_queue(name, concurrency, worker_concurrency, limiter, priority_enabled)
+        with self._lock:
+            known = self._queues.get(name)
+            if known is not None:
+                if known.declaration[:6] != declaration[:6]:
+                    raise LitedurError(f"queue {name!r} is already declared here with other limits")
+                return known
+            self._storage.declare_queue(declaration)
+            queue = self._queues[name] = queues.Queue(self, declaration)
+        self._dispatcher.add(declaration)
+        return queue
+
+    def _enqueue(
+        self, queue: Any, workflow_name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> WorkflowHandle:
+        return WorkflowHandle(self, queues.enqueue(self, queue, workflow_name, args, kwargs, timeout))
+
+    def _room_for_work(self, most: int) -> int:
+        """How many more workflows this process should take now (a thread each, for sync ones)."""
+        executor = self._ensure_executor()
+        return max(0, min(most, self._max_workers - len(executor.running)))
+
+    def _start_dequeued(self, row: WorkflowRow) -> None:
+        """Run a workflow the dispatcher just took from a queue (or give it up after too many recoveries)."""
+        executor = self._ensure_executor()
+        spec = self._workflows[row.name]
+        if row.recovery_attempts > spec.max_recovery_attempts:
+            if self._storage.give_up(row.workflow_id, executor.executor_id):
+                self._feed.signal([row.workflow_id, queues.queue_key(row.queue_name or "")])
+            return
+        with self._lock:
+            executor.running[row.workflow_id] = None
+        self._start_recovered(spec, row.workflow_id, executor)
 
     # ---- communication and management (delegated) -----------------------------------------------
 

@@ -66,6 +66,17 @@ class WorkflowCancelledError(LitedurError):
     step, stream write or wait (the run stops; nothing more of it is recorded)."""
 
 
+class DuplicateWorkflowError(LitedurError):
+    """A queue already holds an active workflow with this deduplication id; ``workflow_id`` names it."""
+
+    def __init__(self, message: str, workflow_id: str) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (str(self), self.workflow_id)
+
+
 class StaleRunError(LitedurError):
     """This run of a workflow may no longer write: the workflow was resumed or adopted elsewhere."""
 

@@ -1,4 +1,4 @@
-"""Options for the next workflow started in a ``with`` block: its id and its timeout."""
+"""Options for workflows started in a ``with`` block: the next one's id, a timeout, enqueue options."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ _next_workflow_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 _UNSET = object()
 _timeout: contextvars.ContextVar[float | None | object] = contextvars.ContextVar("litedur_timeout", default=_UNSET)
+_enqueue: contextvars.ContextVar[tuple[str | None, int | None, float | None]] = contextvars.ContextVar(
+    "litedur_enqueue", default=(None, None, None)
+)
 
 
 class SetWorkflowID:
@@ -51,6 +54,39 @@ class SetWorkflowTimeout:
     def __exit__(self, *exc_info: object) -> None:
         assert self._token is not None
         _timeout.reset(self._token)
+
+
+class SetEnqueueOptions:
+    """``with SetEnqueueOptions(deduplication_id=None, priority=None, delay_seconds=None):`` for every
+    enqueue in the block.
+
+    A second enqueue with a deduplication id that an ENQUEUED or PENDING workflow of the queue holds
+    raises DuplicateWorkflowError naming it; a lower priority is taken first (queues declared with
+    priority_enabled); a delayed workflow waits, durably, that long before it can be taken.
+    """
+
+    def __init__(
+        self, *, deduplication_id: str | None = None, priority: int | None = None, delay_seconds: float | None = None
+    ) -> None:
+        if deduplication_id is not None and (not isinstance(deduplication_id, str) or not deduplication_id):
+            raise TypeError(f"deduplication_id must be a non-empty str or None, not {deduplication_id!r}")
+        if priority is not None and (type(priority) is not int or priority < 0):
+            raise ValueError(f"priority must be an int >= 0 or None, not {priority!r}")
+        self.options = (deduplication_id, priority, check_timeout(delay_seconds, "delay_seconds"))
+        self._token: contextvars.Token[tuple[str | None, int | None, float | None]] | None = None
+
+    def __enter__(self) -> SetEnqueueOptions:
+        self._token = _enqueue.set(self.options)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        _enqueue.reset(self._token)
+
+
+def enqueue_options() -> tuple[str | None, int | None, float | None]:
+    """``(deduplication_id, priority, delay_seconds)`` set by a SetEnqueueOptions block."""
+    return _enqueue.get()
 
 
 def chosen_workflow_id() -> str | None:

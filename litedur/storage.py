@@ -20,6 +20,7 @@ import apsw
 
 from .errors import (
     DatabaseError,
+    DuplicateWorkflowError,
     StaleRunError,
     StreamClosedError,
     WorkflowCancelledError,
@@ -28,7 +29,7 @@ from .errors import (
     WorkflowStatusError,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x4C544452  # "LTDR"
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
@@ -153,6 +154,38 @@ MIGRATIONS: list[str] = [
         INSERT INTO workflow_changes (workflow_id) VALUES (NEW.workflow_id);
     END;
     """,
+    # version 3: durable queues
+    """
+    ALTER TABLE workflows ADD COLUMN queue_name TEXT;
+    ALTER TABLE workflows ADD COLUMN priority INTEGER;
+    ALTER TABLE workflows ADD COLUMN deduplication_id TEXT;
+    ALTER TABLE workflows ADD COLUMN available_at REAL;
+    CREATE INDEX workflows_enqueued ON workflows (queue_name, priority, created_at) WHERE status = 'ENQUEUED';
+    CREATE INDEX workflows_queue_running ON workflows (queue_name, executor_id)
+        WHERE status = 'PENDING' AND queue_name IS NOT NULL;
+    CREATE UNIQUE INDEX workflows_deduplicated ON workflows (queue_name, deduplication_id)
+        WHERE deduplication_id IS NOT NULL AND status IN ('ENQUEUED', 'PENDING');
+    CREATE TABLE queues (
+        name TEXT PRIMARY KEY,
+        concurrency INTEGER,
+        worker_concurrency INTEGER,
+        rate_limit INTEGER,
+        rate_period REAL,
+        priority_enabled INTEGER NOT NULL,
+        declared_at REAL NOT NULL
+    );
+    CREATE TABLE queue_starts (
+        queue_name TEXT NOT NULL,
+        started_at REAL NOT NULL
+    );
+    CREATE INDEX queue_starts_by_time ON queue_starts (queue_name, started_at);
+    CREATE TRIGGER workflow_queue_moved AFTER UPDATE OF status ON workflows WHEN NEW.queue_name IS NOT NULL BEGIN
+        INSERT INTO workflow_changes (workflow_id) VALUES ('queue:' || NEW.queue_name);
+    END;
+    CREATE TRIGGER workflow_enqueued AFTER INSERT ON workflows WHEN NEW.status = 'ENQUEUED' BEGIN
+        INSERT INTO workflow_changes (workflow_id) VALUES ('queue:' || NEW.queue_name);
+    END;
+    """,
 ]
 
 
@@ -174,6 +207,26 @@ class WorkflowRow(NamedTuple):
     timeout: float | None = None
     deadline: float | None = None
     cancel_reason: str | None = None
+    queue_name: str | None = None
+    priority: int | None = None
+    deduplication_id: str | None = None
+    available_at: float | None = None
+
+
+class QueueRow(NamedTuple):
+    name: str
+    concurrency: int | None
+    worker_concurrency: int | None
+    rate_limit: int | None
+    rate_period: float | None
+    priority_enabled: int
+    declared_at: float
+
+
+class QueueCounts(NamedTuple):
+    name: str
+    enqueued: int
+    running: int
 
 
 class StepRow(NamedTuple):
@@ -618,10 +671,14 @@ class SQLiteStorage:
         return WorkflowState(*rows[0]) if rows else None
 
     def list_workflows(
-        self, status: str | None = None, name: str | None = None, limit: int | None = None
+        self, status: str | None = None, name: str | None = None, limit: int | None = None, queue: str | None = None
     ) -> list[WorkflowRow]:
-        """Workflows newest first, optionally filtered by status and name."""
-        clauses, params = [], []
+        """Workflows newest first, optionally filtered by status, name and queue."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if queue is not None:
+            clauses.append("queue_name = ?")
+            params.append(queue)
         if status is not None:
             clauses.append("status = ?")
             params.append(status)
@@ -1068,6 +1125,184 @@ class SQLiteStorage:
                 return rows[-1][0], None  # pruned past ``seq``
         return rows[-1][0], [row[1] for row in rows]
 
+    # ---- queues -----------------------------------------------------------------------------------
+
+    def declare_queue(self, queue: QueueRow) -> None:
+        """Record (or update) a queue's limits, for clients and the command line."""
+        with self._write(f"declare queue {queue.name!r}") as conn:
+            conn.execute(
+                f"INSERT INTO queues ({', '.join(QueueRow._fields)}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency, "
+                "worker_concurrency = excluded.worker_concurrency, rate_limit = excluded.rate_limit, "
+                "rate_period = excluded.rate_period, priority_enabled = excluded.priority_enabled, "
+                "declared_at = excluded.declared_at",
+                queue,
+            )
+
+    def get_queue(self, name: str) -> QueueRow | None:
+        """A declared queue, or None."""
+        with self._read(f"read queue {name!r}") as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join(QueueRow._fields)} FROM queues WHERE name = ?", (name,)
+            ).fetchall()
+        return QueueRow(*rows[0]) if rows else None
+
+    def list_queues(self) -> list[tuple[QueueRow | None, QueueCounts]]:
+        """Every queue declared or holding workflows, with its enqueued and running counts, by name."""
+        with self._read("list queues") as conn:
+            counts = {
+                name: QueueCounts(name, enqueued, running)
+                for name, enqueued, running in conn.execute(
+                    "SELECT queue_name, sum(status = 'ENQUEUED'), sum(status = 'PENDING') FROM workflows "
+                    "WHERE queue_name IS NOT NULL AND status IN ('ENQUEUED', 'PENDING') GROUP BY queue_name"
+                ).fetchall()
+            }
+            declared = {
+                row[0]: QueueRow(*row)
+                for row in conn.execute(f"SELECT {', '.join(QueueRow._fields)} FROM queues").fetchall()
+            }
+        names = sorted(set(counts) | set(declared))
+        return [(declared.get(name), counts.get(name, QueueCounts(name, 0, 0))) for name in names]
+
+    def enqueue_workflow(self, row: WorkflowRow) -> tuple[bool, WorkflowRow]:
+        """Insert an ENQUEUED workflow unless its id exists: ``(created, the row)``, atomically.
+
+        Raises DuplicateWorkflowError (writing nothing) when its deduplication id is held by an
+        ENQUEUED or PENDING workflow of the same queue.
+        """
+        with self._write(f"enqueue workflow {row.workflow_id!r}") as conn:
+            try:
+                conn.execute(_ENQUEUE_WORKFLOW, row)
+            except apsw.ConstraintError:
+                holder = conn.execute(
+                    "SELECT workflow_id FROM workflows WHERE queue_name = ? AND deduplication_id = ? "
+                    "AND status IN ('ENQUEUED', 'PENDING')",
+                    (row.queue_name, row.deduplication_id),
+                ).fetchall()
+                if not holder:
+                    raise
+                raise DuplicateWorkflowError(
+                    f"queue {row.queue_name!r} already has workflow {holder[0][0]!r} with deduplication id "
+                    f"{row.deduplication_id!r}",
+                    holder[0][0],
+                ) from None
+            if conn.changes() == 1:
+                return True, row
+            existing = _fetch_workflow(conn, row.workflow_id)
+        assert existing is not None
+        return False, existing
+
+    def dequeue(
+        self,
+        queue: QueueRow,
+        executor_id: str,
+        names: Sequence[str],
+        want: int,
+    ) -> tuple[list[WorkflowRow], float | None]:
+        """Take up to ``want`` ENQUEUED workflows of ``queue`` (of these names) for this executor, in one
+        transaction that checks the queue's limits: running anywhere < concurrency, running here <
+        worker_concurrency, starts in the last rate_period < rate_limit. Lower priority first (if
+        enabled), then first enqueued. Taken rows become PENDING here, their deadline starting now.
+
+        Returns ``(rows taken, when to try again)``: the epoch time at which a delayed workflow
+        becomes available or the rate window frees a start, if that is what limits the queue now.
+        """
+        now = time.time()
+        retry_at: float | None = None
+        with self._write(f"take work from queue {queue.name!r}") as conn:
+            free = want
+            if queue.concurrency is not None:
+                free = min(free, queue.concurrency - _count(conn, _RUNNING_IN_QUEUE, queue.name))
+            if queue.worker_concurrency is not None:
+                free = min(free, queue.worker_concurrency - _count(conn, _RUNNING_HERE, queue.name, executor_id))
+            if queue.rate_limit is not None and queue.rate_period is not None:
+                window_start = now - queue.rate_period
+                conn.execute(
+                    "DELETE FROM queue_starts WHERE queue_name = ? AND started_at <= ?", (queue.name, window_start)
+                )
+                started = conn.execute(
+                    "SELECT count(*), min(started_at) FROM queue_starts WHERE queue_name = ?", (queue.name,)
+                ).fetchall()[0]
+                if started[0] >= queue.rate_limit:
+                    retry_at = started[1] + queue.rate_period
+                free = min(free, queue.rate_limit - started[0])
+            if free <= 0 or not names:
+                return [], retry_at
+            order = "priority, created_at, rowid" if queue.priority_enabled else "created_at, rowid"
+            marks = ", ".join("?" * len(names))
+            rows = [
+                WorkflowRow(*row)
+                for row in conn.execute(
+                    f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE status = 'ENQUEUED' AND queue_name = ? "
+                    f"AND (available_at IS NULL OR available_at <= ?) AND name IN ({marks}) ORDER BY {order} LIMIT ?",
+                    (queue.name, now, *names, free),
+                ).fetchall()
+            ]
+            taken = []
+            for row in rows:
+                deadline = None if row.timeout is None else now + row.timeout
+                conn.execute(
+                    "UPDATE workflows SET status = 'PENDING', executor_id = ?, deadline = ?, updated_at = ? "
+                    "WHERE workflow_id = ?",
+                    (executor_id, deadline, now, row.workflow_id),
+                )
+                taken.append(row._replace(status="PENDING", executor_id=executor_id, deadline=deadline))
+            if queue.rate_limit is not None:
+                conn.executemany(
+                    "INSERT INTO queue_starts (queue_name, started_at) VALUES (?, ?)", [(queue.name, now)] * len(taken)
+                )
+            if len(taken) < free:
+                delayed = conn.execute(
+                    "SELECT min(available_at) FROM workflows WHERE status = 'ENQUEUED' AND queue_name = ? "
+                    "AND available_at > ?",
+                    (queue.name, now),
+                ).fetchall()[0][0]
+                if delayed is not None:
+                    retry_at = delayed if retry_at is None else min(retry_at, delayed)
+        return taken, retry_at
+
+    def requeue_workflows_of(self, executor_id: str) -> list[str]:
+        """Put the queued workflows a dead executor was running back in their queues (ENQUEUED, no
+        executor, their place kept), counting a recovery each; the ids, in one transaction."""
+        with self._write(f"requeue the work of executor {executor_id!r}") as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT workflow_id FROM workflows WHERE status = 'PENDING' AND executor_id = ? "
+                    "AND queue_name IS NOT NULL",
+                    (executor_id,),
+                ).fetchall()
+            ]
+            for workflow_id in ids:
+                conn.execute(
+                    "UPDATE workflows SET status = 'ENQUEUED', executor_id = NULL, "
+                    "recovery_attempts = recovery_attempts + 1, updated_at = ? WHERE workflow_id = ?",
+                    (time.time(), workflow_id),
+                )
+        return ids
+
+    def running_executors(self, queue_name: str) -> list[str]:
+        """Executors running workflows of a queue now (to find dead ones holding its slots)."""
+        with self._read(f"read queue {queue_name!r}") as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT executor_id FROM workflows WHERE status = 'PENDING' AND queue_name = ?",
+                (queue_name,),
+            ).fetchall()
+        return [row[0] for row in rows if row[0] is not None]
+
+    def give_up(self, workflow_id: str, executor_id: str) -> bool:
+        """Mark a workflow this executor holds MAX_RECOVERY_ATTEMPTS_EXCEEDED and close its streams."""
+        with self._write(f"give up workflow {workflow_id!r}") as conn:
+            conn.execute(
+                "UPDATE workflows SET status = 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', updated_at = ? "
+                "WHERE workflow_id = ? AND status = 'PENDING' AND executor_id = ?",
+                (time.time(), workflow_id, executor_id),
+            )
+            if conn.changes() == 0:
+                return False
+            _close_open_streams(conn, workflow_id)
+        return True
+
     # ---- management: cancel, resume, fork ---------------------------------------------------------
 
     def cancel_workflow(
@@ -1139,7 +1374,8 @@ class SQLiteStorage:
             now = time.time()
             for target in resumed:
                 conn.execute(
-                    "UPDATE workflows SET status = 'PENDING', executor_id = NULL, recovery_attempts = 0, "
+                    "UPDATE workflows SET executor_id = NULL, recovery_attempts = 0, "
+                    "status = CASE WHEN queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END, "
                     "cancel_reason = NULL, deadline = NULL, output_encoding = NULL, output = NULL, error = NULL, "
                     "error_pickle = NULL, updated_at = ? WHERE workflow_id = ?",
                     (now, target),
@@ -1206,6 +1442,12 @@ def _fetch_workflow(conn: apsw.Connection, workflow_id: str) -> WorkflowRow | No
 
 _NEXT_OFFSET = "SELECT coalesce(max(offset) + 1, 0) FROM stream_entries e WHERE e.stream_id = s.stream_id"
 
+_RUNNING_IN_QUEUE = "SELECT count(*) FROM workflows WHERE status = 'PENDING' AND queue_name = ?"
+_RUNNING_HERE = "SELECT count(*) FROM workflows WHERE status = 'PENDING' AND queue_name = ? AND executor_id = ?"
+_ENQUEUE_WORKFLOW = (
+    f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) VALUES ({', '.join('?' * len(WorkflowRow._fields))}) "
+    "ON CONFLICT (workflow_id) DO NOTHING"
+)
 _READ_STATE = f"SELECT {_STATE_COLUMNS} FROM workflows WHERE workflow_id = ?"
 _READ_VALUES = "SELECT encoding, value FROM stream_entries WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?"
 _LAST_ENTRY = "SELECT offset, encoding FROM stream_entries WHERE stream_id = ? ORDER BY offset DESC LIMIT 1"
@@ -1218,6 +1460,10 @@ _INSERT_ENTRY_WHILE_OWNED = (
 )
 # Changes of a workflow's status, events and messages are numbered by triggers (see the schema).
 _BUMP = "INSERT INTO workflow_changes (workflow_id) VALUES (?)"
+
+
+def _count(conn: apsw.Connection, query: str, *params: Any) -> int:
+    return conn.execute(query, params).fetchall()[0][0]
 
 
 def _bump(conn: apsw.Connection, *workflow_ids: str) -> None:
