@@ -143,19 +143,23 @@ def _finish_tail(client: litedur.Client, workflow_id: str, key: str, offset: int
 @click.option("--status", type=StatusChoice(STATUSES), metavar="STATUS",
               help=f"Only workflows in this status: {', '.join(STATUSES)}.")  # fmt: skip
 @click.option("--name", help="Only workflows of this name.")
+@click.option("--queue", metavar="QUEUE", help="Only workflows enqueued in this queue (see: litedur queues).")
 @click.option("--limit", type=click.IntRange(min=0), default=DEFAULT_LIMIT, show_default=True, metavar="N",
               help="At most this many, newest first (0: all).")  # fmt: skip
 @json_option
 @with_client
-def workflows(client: litedur.Client, status: str | None, name: str | None, limit: int, as_json: bool) -> None:
+def workflows(
+    client: litedur.Client, status: str | None, name: str | None, queue: str | None, limit: int, as_json: bool
+) -> None:
     """List workflows, newest first.
 
     \b
     Examples:
       litedur workflows --status PENDING
       litedur workflows --name chat --limit 5 --json
+      litedur workflows --queue jobs --status ENQUEUED
     """
-    found = client.list_workflows(status=status.upper() if status else None, name=name,
+    found = client.list_workflows(status=status.upper() if status else None, name=name, queue=queue,
                                   limit=limit + 1 if limit else None)  # fmt: skip
     more = bool(limit) and len(found) > limit
     found = found[:limit] if limit else found
@@ -164,10 +168,42 @@ def workflows(client: litedur.Client, status: str | None, name: str | None, limi
     elif found:
         out = render.console()
         render.emit(out, render.workflows_table(out, found))
-    else:
+    if not found and queue is not None and not _queue_known(client, queue):
+        click.echo(f"no queue named {queue!r} (litedur queues lists them)", err=True)
+    elif not found and not as_json:
         click.echo("no workflows", err=True)
     if more:
         click.echo(f"[showing the newest {limit}; use --limit N, or --limit 0 for all]", err=True)
+
+
+def _queue_known(client: litedur.Client, queue: str) -> bool:
+    """Whether the queue is declared, holds work, or ever held a workflow (one now ended)."""
+    return any(info.name == queue for info in client.list_queues()) or bool(client.list_workflows(queue=queue, limit=1))
+
+
+@click.command(short_help="Queues: enqueued and running counts, limits.")
+@json_option
+@with_client
+def queues(client: litedur.Client, as_json: bool) -> None:
+    """List the queues, by name: how many workflows wait in each (ENQUEUED), how many run (taken
+    from it, not ended), and the limits its worker declared: CONCURRENCY at once across every
+    process, PER-WORKER at once in one process, RATE starts per window (5/1s: 5 in any second),
+    and whether PRIORITY orders it. A dash is no limit.
+
+    \b
+    Examples:
+      litedur queues
+      litedur queues --json | jq '.[] | select(.enqueued > 0) | .name'
+      litedur workflows --queue jobs
+    """
+    found = client.list_queues()
+    if as_json:
+        render.print_json([render.queue_json(queue) for queue in found])
+    elif found:
+        out = render.console()
+        render.emit(out, render.queues_table(out, found))
+    else:
+        click.echo("no queues (a worker declares one with app.queue)", err=True)
 
 
 @click.command(short_help="One workflow: status, result, steps, streams, events, messages.")
@@ -425,4 +461,4 @@ def info(client: litedur.Client, as_json: bool) -> None:
     render.emit(out, render.info_fields(out, details))
 
 
-ALL = [tail, workflows, show, streams, events, send, cancel, resume, fork, info]
+ALL = [tail, workflows, show, streams, events, send, cancel, resume, fork, info, queues]

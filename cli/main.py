@@ -20,6 +20,8 @@ Examples:
   litedur cancel chat-1                  stop it at its next step
   litedur resume chat-1                  continue a cancelled workflow
   litedur fork chat-1 --from-step 2      rerun from step 2 as a new workflow
+  litedur queues                         queues: waiting, running, limits
+  litedur workflows --queue jobs         the workflows of one queue
   litedur --db app.db tail chat-1 tokens --json
   LITEDUR_DB=app.db litedur info
 
@@ -71,8 +73,8 @@ class LitedurGroup(click.Group):
 def main(ctx: click.Context, db: str) -> None:
     """Look inside and steer litedur durable workflows and their streams.
 
-    Reads the SQLite file that litedur workflows run in (send, cancel, resume and fork also
-    write to it); never creates one.
+    Reads the SQLite file that litedur workflows and queues run in (send, cancel, resume and
+    fork also write to it); never creates one.
     """
     ctx.obj = db
 

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from litedur import MessageInfo, Pickled, RecordedError, StepInfo, StreamInfo, WorkflowStatus
-from litedur.client import FINAL_STATUSES
+from litedur.client import FINAL_STATUSES, QueueInfo
 from litedur.values import is_exact_json
 
 if TYPE_CHECKING:
@@ -91,6 +91,21 @@ def status_json(status: WorkflowStatus) -> dict[str, Any]:
         "timeout": status.timeout,
         "deadline": status.deadline,
         "cancel_reason": status.cancel_reason,
+        "queue_name": status.queue_name,
+        "priority": status.priority,
+        "deduplication_id": status.deduplication_id,
+    }
+
+
+def queue_json(queue: QueueInfo) -> dict[str, Any]:
+    return {
+        "name": queue.name,
+        "enqueued": queue.enqueued,
+        "running": queue.running,
+        "concurrency": queue.concurrency,
+        "worker_concurrency": queue.worker_concurrency,
+        "limiter": queue.limiter,
+        "priority_enabled": queue.priority_enabled,
     }
 
 
@@ -210,6 +225,13 @@ def format_size(size: int) -> str:
             return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1000  # type: ignore[assignment]
     raise AssertionError("unreachable")
+
+
+def format_rate(limiter: dict[str, Any] | None) -> str:
+    """A queue's rate limiter as ``5/1s`` (5 starts in any 1 s window), ``-`` without one."""
+    if limiter is None:
+        return "-"
+    return f"{limiter['limit']}/{limiter['period']:g}s"
 
 
 def stream_state(stream: StreamInfo) -> str:
@@ -353,6 +375,30 @@ def messages_table(out: Console, messages: list[MessageInfo]) -> Table:
     return table(out, columns, rows)
 
 
+def queues_table(out: Console, queues: list[QueueInfo]) -> Table:
+    rows = []
+    for queue in queues:
+        rows.append([
+            text(queue.name),
+            text(queue.enqueued, "cyan" if queue.enqueued else ""),
+            text(queue.running, "yellow" if queue.running else ""),
+            text("-" if queue.concurrency is None else queue.concurrency),
+            text("-" if queue.worker_concurrency is None else queue.worker_concurrency),
+            text(format_rate(queue.limiter)),
+            text("on" if queue.priority_enabled else "off"),
+        ])  # fmt: skip
+    columns = [
+        ("NAME", {"flex": True}),
+        ("ENQUEUED", {"fit": 9, "justify": "right"}),
+        ("RUNNING", {"fit": 9, "justify": "right"}),
+        ("CONCURRENCY", {"fit": 11, "justify": "right"}),
+        ("PER-WORKER", {"fit": 10, "justify": "right"}),
+        ("RATE", {"fit": 12, "overflow": "ellipsis"}),
+        ("PRIORITY", {"fit": 8}),
+    ]
+    return table(out, columns, rows)
+
+
 def emit(out: Console, renderable: Any) -> None:
     """Print to stdout; plain output loses the trailing blanks rich pads its cells with."""
     if out.is_terminal:
@@ -384,6 +430,12 @@ def workflow_fields(out: Console, status: WorkflowStatus) -> Table:
     rows: list[tuple[str, Any]] = [("workflow", status.workflow_id), ("name", status.name)]
     if status.parent_id is not None:
         rows.append(("parent", status.parent_id))
+    if status.queue_name is not None:
+        rows.append(("queue", status.queue_name))
+    if status.priority:  # 0, the default, is taken in enqueue order like no priority at all
+        rows.append(("priority", str(status.priority)))
+    if status.deduplication_id is not None:
+        rows.append(("deduplication id", status.deduplication_id))
     rows.append(("status", status_text(status.status)))
     if status.cancel_reason is not None:
         rows.append(("cancel reason", status.cancel_reason))

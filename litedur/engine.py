@@ -426,7 +426,10 @@ class Engine(Client):
         inputs = self._encode_inputs(args, kwargs)
         executor = self._ensure_executor()  # after encoding: a value that cannot be stored writes nothing
         timeout, deadline = self._limits(spec, parent)
+        if parent is not None:
+            timers.check_running(self, parent)  # a cancelled parent starts no child
         with self._lock:
+            added = workflow_id not in executor.running  # another call may be running this very id here
             executor.running.setdefault(workflow_id, None)
         try:
             created, row = self._storage.create_workflow(
@@ -435,10 +438,12 @@ class Engine(Client):
                 timeout=timeout, deadline=deadline, checkpoint=checkpoint,
             )  # fmt: skip
         except BaseException:
-            self._forget_running(executor, workflow_id)
+            if added:
+                self._forget_running(executor, workflow_id)
             raise
         if not created:
-            self._forget_running(executor, workflow_id)
+            if added:
+                self._forget_running(executor, workflow_id)
             if row.name != spec.name:
                 raise WorkflowConflictError(
                     f"workflow id {workflow_id!r} already belongs to a workflow named {row.name!r}, not {spec.name!r}"
@@ -517,11 +522,11 @@ class Engine(Client):
         workflow went to another executor) records nothing and raises why it stopped.
         """
         workflow_id = row.workflow_id
+        stopped = False
         try:
             checkpoints, attempts = ({}, {}) if fresh else self._storage.load_checkpoints(workflow_id)
             interest = self._signals.interest(workflow_id)
-            if not fresh:  # a cancel may have come before the interest: read the status once
-                interest.ring("hand-over")
+            interest.ring("hand-over")  # a cancel may have come before the interest: read the status once
             run = _Run(self, workflow_id, executor.executor_id, checkpoints, attempts, interest, row.deadline,
                        row.timeout, is_async, row.queue_name, has_streams=not fresh)  # fmt: skip
             token = _current_run.set(run)
@@ -546,15 +551,16 @@ class Engine(Client):
                 raise timers.stopped_error(self, run)
             return result
         except (WorkflowCancelledError, StaleRunError):
-            self._forget_running(executor, workflow_id)
-            self._wake_recovery()  # a resume while this run was stopping waited for it to leave
+            stopped = True  # a resume while this run was stopping waited for it to leave
             raise
         except BaseException:
             self._own_orphans = True  # maybe unrecorded (a database error, a crash): look again
             raise
         finally:
-            self._forget_running(executor, workflow_id)
+            self._forget_running(executor, workflow_id)  # once: then a new run of it may register
             self._feed.notify()
+            if stopped:
+                self._wake_recovery()
 
     def _wake_recovery(self) -> None:
         if self._recovery_interest is not None:
@@ -611,6 +617,8 @@ class Engine(Client):
                 finally:
                     _current_step.reset(token)
                     self._flush_stream_writes(run)  # this attempt's values are committed first
+            except (WorkflowCancelledError, StaleRunError):
+                raise  # the run stops: not a failure of the step to retry or record
             except Exception as exc:
                 if number + 1 < policy.max_attempts:
                     yield Sleep(policy.interval * policy.backoff**number)
@@ -866,7 +874,7 @@ class Engine(Client):
         runner.refuse_on_loop("sleep()", "app.sleep_async()")
         run = self._body_run()
         if run is None:
-            time.sleep(timers.check_timeout(seconds, "sleep") or 0.0)
+            time.sleep(_seconds(seconds))
             return
         runner.run_sync(timers.sleep(self, run, seconds))
 
@@ -876,7 +884,7 @@ class Engine(Client):
         if run is None:
             import asyncio
 
-            await asyncio.sleep(timers.check_timeout(seconds, "sleep") or 0.0)
+            await asyncio.sleep(_seconds(seconds))
             return
         await runner.run_async(timers.sleep(self, run, seconds))
 
@@ -919,6 +927,13 @@ class Engine(Client):
     def is_final(self, workflow_id: str) -> bool:
         """True once the workflow has a final status."""
         return self._workflow_row(workflow_id).status in FINAL_STATUSES
+
+
+def _seconds(seconds: Any) -> float:
+    checked = timers.check_timeout(seconds, "sleep")
+    if checked is None:
+        raise TypeError("sleep() needs a number of seconds, not None")
+    return checked
 
 
 def _hostname() -> str:

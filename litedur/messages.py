@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SerializationError, WorkflowNotFoundError, WorkflowStatusError
 from .runner import Plan
-from .storage import ACTIVE_STATUSES, StepRow
+from .storage import ACTIVE_STATUSES, SET_EVENT_STEP, StepRow
 from .timers import check_timeout, wait_durably
 
 if TYPE_CHECKING:
     from .client import Client, MessageInfo
     from .engine import Engine, _Run
 
-SET_EVENT_STEP = "litedur.set_event"
 GET_EVENT_STEP = "litedur.get_event"
 SEND_STEP = "litedur.send"
 RECV_STEP = "litedur.recv"
@@ -50,9 +49,10 @@ def set_event(engine: Engine, run: _Run, key: str, value: Any) -> None:
         name = f"{SET_EVENT_STEP}:{key}"
         position, recorded = run.checkpoint(name)
         if recorded is not None:
-            return
+            return  # the recorded output is the value: not a result of set_event
         now = time.time()
-        checkpoint = StepRow(run.workflow_id, position, name, None, None, None, None, 1, now, now)
+        # The checkpoint keeps the value too: a fork rebuilds the events as they were at its position.
+        checkpoint = StepRow(run.workflow_id, position, name, encoded[0], encoded[1], None, None, 1, now, now)
         engine._storage.set_event(run.workflow_id, key, encoded, position, run.executor_id, checkpoint)
     engine._feed.signal([run.workflow_id])
 

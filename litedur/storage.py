@@ -41,6 +41,7 @@ ACTIVE_STATUSES = ("PENDING", "ENQUEUED")
 RESUMABLE_STATUSES = ("CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
 CASCADE_REASON = "cancelled with its parent"  # how a child's cancel reason starts when its parent's cancel took it
 WRITE_STREAM_STEP = "litedur.write_stream"
+SET_EVENT_STEP = "litedur.set_event"
 ANY_UNOWNED = ""  # the change key bumped when PENDING work without an executor appears (resume, fork)
 
 MIGRATIONS: list[str] = [
@@ -561,16 +562,16 @@ class SQLiteStorage:
     ) -> tuple[bool, WorkflowRow]:
         """Insert a PENDING workflow unless the id exists; atomically. Returns (created, row).
 
-        With ``checkpoint`` (a child started by a workflow body), the parent's checkpoint is recorded
-        in the same transaction, fenced on the parent's run: a replay finds the checkpoint and never
-        starts a second child.
+        A child (``parent_id``) is created fenced on its parent's run, and with ``checkpoint`` (a
+        child started by a workflow body) the parent's checkpoint is recorded in the same
+        transaction: a replay finds the checkpoint and never starts a second child.
         """
         now = time.time()
         row = WorkflowRow(workflow_id, name, "PENDING", inputs[0], inputs[1], None, None, None, None,
                           executor_id, 0, now, now, parent_id, timeout, deadline)  # fmt: skip
-        if checkpoint is not None:
+        if checkpoint is not None or parent_id is not None:
             with self._write(f"start child workflow {workflow_id!r}") as conn:
-                _fence(conn, checkpoint.workflow_id, executor_id)
+                _fence(conn, parent_id or checkpoint.workflow_id, executor_id)  # type: ignore[union-attr]
                 conn.execute(_INSERT_WORKFLOW, row)
                 created = conn.changes() == 1
                 existing = row if created else _fetch_workflow(conn, workflow_id)
@@ -579,7 +580,8 @@ class SQLiteStorage:
                         f"workflow id {workflow_id!r} already belongs to a workflow named {existing.name!r}, "
                         f"not {name!r}"
                     )
-                conn.execute(_INSERT_STEP, checkpoint)
+                if checkpoint is not None:
+                    conn.execute(_INSERT_STEP, checkpoint)
             assert existing is not None
             return created, existing
         with self._write_lock:
@@ -1552,6 +1554,17 @@ def _copy_record(conn: apsw.Connection, source: str, target: str, before: int) -
         "INSERT INTO events (workflow_id, key, encoding, value, position, updated_at) "
         "SELECT ?, key, encoding, value, position, updated_at FROM events WHERE workflow_id = ? AND position < ?",
         (target, source, before),
+    )
+    # A body's set_event records its value in its checkpoint: the latest before the fork point wins,
+    # even where a later set_event has replaced the current value.
+    prefix = f"{SET_EVENT_STEP}:"
+    conn.execute(
+        "INSERT INTO events (workflow_id, key, encoding, value, position, updated_at) "
+        "SELECT ?, substr(name, ?), output_encoding, output, max(position), finished_at FROM steps "
+        "WHERE workflow_id = ? AND position < ? AND name LIKE ? AND output_encoding IS NOT NULL GROUP BY name "
+        "ON CONFLICT (workflow_id, key) DO UPDATE SET encoding = excluded.encoding, value = excluded.value, "
+        "position = excluded.position, updated_at = excluded.updated_at WHERE excluded.position > events.position",
+        (target, len(prefix) + 1, source, before, f"{prefix}%"),
     )
     streams = conn.execute(
         "SELECT stream_id, key FROM streams s WHERE workflow_id = ? AND EXISTS (SELECT 1 FROM stream_entries e "

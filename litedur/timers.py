@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 SLEEP_STEP = "litedur.sleep"
+MAX_SECONDS = 10 * 365 * 24 * 3600.0  # ten years: longer waits are a bug; None means "no limit"
 
 
 def check_timeout(seconds: Any, what: str) -> float | None:
@@ -39,8 +40,8 @@ def check_timeout(seconds: Any, what: str) -> float | None:
         return None
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
         raise TypeError(f"{what} must be a number of seconds or None, not {type(seconds).__name__}")
-    if not seconds >= 0:  # also refuses NaN
-        raise ValueError(f"{what} must be >= 0 seconds, not {seconds!r}")
+    if not 0 <= seconds <= MAX_SECONDS:  # also refuses NaN and infinity
+        raise ValueError(f"{what} must be between 0 and {MAX_SECONDS:g} seconds (None: no limit), not {seconds!r}")
     return float(seconds)
 
 
@@ -135,7 +136,8 @@ def sleep(engine: Engine, run: _Run, seconds: float) -> Plan[None]:
     """Durable sleep at the next position of a workflow body. Replay rule: the deadline recorded at
     the first attempt is kept, so a recovered run wakes at it (at once if it passed)."""
     seconds = check_timeout(seconds, "sleep")
-    assert seconds is not None
+    if seconds is None:
+        raise TypeError("sleep() needs a number of seconds, not None")
     position, recorded = run.checkpoint(SLEEP_STEP)
     if recorded is not None:
         return

@@ -25,11 +25,13 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from .errors import DatabaseError
 from .runner import Plan, Wait, run_sync
 
 T = TypeVar("T")
 
 SAFETY_NET = 1.0
+IDLE_EXIT = 1.0  # a signals watcher with nobody waiting this long stops (and closes its watch)
 SETTLE = 0.001
 POLL_FIRST = 0.001
 POLL_MAX = 0.05
@@ -56,8 +58,9 @@ class ChangeFeed:
         self._waiting: set[Waiter] = set()
         self._idle_watches: list[_Watch] = []
         self._signals: weakref.WeakSet[WorkflowSignals] = weakref.WeakSet()
-        self.signal_path = signal_path(db_path)
         self._signal_fd = -1
+        self._signal_pid = -1  # the process whose signal file _signal_fd is (a forked child makes its own)
+        self._signal_lock = threading.Lock()
 
     @property
     def version(self) -> int:
@@ -97,10 +100,17 @@ class ChangeFeed:
         self._touch_signal_file()
         self.notify()
 
+    @property
+    def signal_path(self) -> str:
+        return signal_path(self.db_path)
+
     def _touch_signal_file(self) -> None:
         # One byte rewritten in place: a file-change event for every watcher, and the file never grows.
-        if self._signal_fd < 0:
-            self._signal_fd = _open_signal_file(self.signal_path)
+        if self._signal_pid != os.getpid():
+            with self._signal_lock:
+                if self._signal_pid != os.getpid():
+                    self._signal_fd = _open_signal_file(self.signal_path)  # a fork's child inherits no fd use
+                    self._signal_pid = os.getpid()
         if self._signal_fd >= 0:
             with contextlib.suppress(OSError):
                 os.pwrite(self._signal_fd, b"\0", 0)
@@ -364,7 +374,7 @@ class WorkflowSignals:
         interest = Interest(self, workflow_ids)
         with self._lock:
             if self._closed:
-                raise RuntimeError("the client waiting here is closed")
+                raise DatabaseError(f"cannot wait: the client of {self._feed.db_path} is closed")
             first = self._count == 0
             if first:
                 self._start_watching()
@@ -433,6 +443,8 @@ class WorkflowSignals:
         """
         with self.interest(*workflow_ids) as interest:
             while True:
+                if self._closed:
+                    raise DatabaseError(f"stopped waiting: the client of {self._feed.db_path} was closed")
                 interest.arm()
                 done, value = check()
                 if done:
@@ -448,10 +460,11 @@ class WorkflowSignals:
         return run_sync(self.wait_plan(workflow_ids, check, deadline))
 
     def close(self) -> None:
-        """Stop the watcher thread and release its descriptors."""
+        """Stop the watcher thread and release its descriptors; waits still blocked raise DatabaseError."""
         with self._lock:
             self._closed = True
             thread, self._thread = self._thread, None
+        self.ring_everyone("hand-over")
         self._bell.ring()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -470,8 +483,16 @@ class WorkflowSignals:
                 active = self._count > 0
                 watch = self._watch
             if not active:
-                _wait_readable([self._bell.fileno()], None)
+                rung = _wait_readable([self._bell.fileno()], IDLE_EXIT)
                 self._bell.drain()
+                with self._lock:
+                    idle = not rung and self._count == 0
+                    if idle:  # nobody waited for a while: stop, so an unused client holds no thread
+                        self._thread, watch, self._watch = None, self._watch, None
+                if idle:
+                    if watch is not None:
+                        watch.close()
+                    return
                 continue
             if watch is None:
                 timeout, how = poll_interval, "poll"
@@ -603,6 +624,21 @@ def _open_signal_file(path: str) -> int:
 
         atexit.register(_remove_quietly, path)
     return fd
+
+
+def _remove_if_dead(directory: str, name: str) -> bool:
+    """Remove the signal file of a process that no longer exists (killed before it could); True if so."""
+    prefix = f"{SIGNAL_PREFIX}-"
+    if not name.startswith(prefix) or not name[len(prefix) :].isdigit():
+        return False
+    try:
+        os.kill(int(name[len(prefix) :]), 0)
+    except ProcessLookupError:
+        _remove_quietly(os.path.join(directory, name))
+        return True
+    except OSError:
+        pass  # alive, or not ours to signal
+    return False
 
 
 def _remove_quietly(path: str) -> None:
@@ -778,7 +814,8 @@ class _InotifySignalWatch(_Watch):
             self.close()
             raise OSError(errno, f"inotify_add_watch failed on {directory}")
         for name in os.listdir(directory):
-            self._watch_file(os.fsencode(name))
+            if not _remove_if_dead(directory, name):
+                self._watch_file(os.fsencode(name))
 
     def _watch_file(self, name: bytes) -> bool:
         if not name.startswith(self._prefix) or name == self._own:
