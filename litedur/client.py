@@ -50,6 +50,7 @@ class WorkflowStatus:
     queue_name: str | None = None
     priority: int | None = None
     deduplication_id: str | None = None
+    available_at: float | None = None  # a delayed enqueue is not taken before this (epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,7 @@ class Client:
             queue_name=row.queue_name,
             priority=row.priority,
             deduplication_id=row.deduplication_id,
+            available_at=row.available_at,
         )
 
     def _step_of(self, row: StepRow) -> StepInfo:

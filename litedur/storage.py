@@ -665,11 +665,11 @@ class SQLiteStorage:
     def workflow_state(self, workflow_id: str) -> WorkflowState | None:
         """Status, owner, deadline and cancel reason of a workflow in one cheap read; None if absent.
 
-        Read through the writer connection: a running workflow asks before every step, and that
-        connection's page cache is the one this process's own commits keep warm.
+        On this thread's reader connection: a run asks at its start and after a change of its
+        workflow, and must not queue behind this process's writers for it.
         """
-        with self._write_lock, self._translate_errors(f"read workflow {workflow_id!r}"):
-            rows = self._writer().execute(_READ_STATE, (workflow_id,)).fetchall()
+        with self._translate_errors(f"read workflow {workflow_id!r}"):
+            rows = self._connection().execute(_READ_STATE, (workflow_id,)).fetchall()
         return WorkflowState(*rows[0]) if rows else None
 
     def list_workflows(
