@@ -48,7 +48,7 @@ from .values import Serializer
 from .wakeup import Interest
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -161,7 +161,7 @@ class Engine(Client):
         self._max_workers = max_workers
         self._workflows: dict[str, _WorkflowSpec] = {}
         self._executor: _Executor | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: runner.WorkflowThreads | None = None
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._recovery_thread: threading.Thread | None = None
@@ -295,7 +295,7 @@ class Engine(Client):
             self._recovery_interest.close()
             self._recovery_interest = None
         with self._lock:
-            executor, pool = self._executor, self._pool
+            executor = self._executor
             self._launched = False
         if executor is not None:
             futures = [f for f in list(executor.running.values()) if f is not None]
@@ -308,8 +308,6 @@ class Engine(Client):
                     return
             if executor.running:
                 return
-        if pool is not None:
-            pool.shutdown(wait=True)
         if self._writer is not None:
             self._writer.close()
         self._deadlines.close()
@@ -490,9 +488,7 @@ class Engine(Client):
                 executor.running[row.workflow_id] = self._runner.submit(_quietly(run))
                 return
             if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="litedur-workflow")
+                self._pool = runner.WorkflowThreads(self._max_workers)
             executor.running[row.workflow_id] = self._pool.submit(
                 self._execute_quietly, spec, row, args, kwargs, executor, fresh
             )

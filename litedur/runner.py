@@ -13,10 +13,12 @@ runs in the caller's loop.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
@@ -82,7 +84,8 @@ def run_sync(plan: Plan[T], body: Callable[[], Any] | None = None) -> T:
                 time.sleep(request.seconds)
                 reply = None
             else:
-                request.interest.wait(request.deadline)
+                with _waiting():
+                    request.interest.wait(request.deadline)
                 reply = None
         except BaseException as exc:  # the plan decides: retry, record, or let it through
             try:
@@ -134,6 +137,110 @@ def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
     import asyncio
 
     return asyncio.to_thread(fn, *args, **kwargs)
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def _waiting() -> Iterator[None]:
+    """A durable wait on a thread of `WorkflowThreads` gives back its slot while it waits."""
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        yield
+        return
+    pool._release()
+    try:
+        yield
+    finally:
+        pool._reacquire()
+
+
+class WorkflowThreads:
+    """The threads that run sync workflows: at most ``limit`` at work at once.
+
+    A run blocked in a durable wait (a recv, a sleep, a child's result) keeps its thread but gives
+    back its slot, so parents waiting for their children, or many agents waiting for messages,
+    never starve the work they wait for. Threads are made as needed, and leave after
+    `IDLE_THREAD_EXIT` seconds without work.
+    """
+
+    def __init__(self, limit: int, name: str = "litedur-workflow") -> None:
+        self._limit = limit
+        self._name = name
+        self._lock = threading.Lock()
+        self._queue: deque[_Task] = deque()
+        self._busy = 0  # threads at work, not counting those in a durable wait
+        self._idle: list[_Parked] = []
+        self._made = 0
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        from concurrent.futures import Future
+
+        future: Future[T] = Future()
+        with self._lock:
+            self._queue.append((future, fn, args))
+            self._dispatch()
+        return future
+
+    def _dispatch(self) -> None:
+        # With the lock held: hand queued work to a parked thread or a new one, within the limit.
+        while self._queue and self._busy < self._limit:
+            task = self._queue.popleft()
+            self._busy += 1
+            if self._idle:
+                parked = self._idle.pop()
+                parked.task = task
+                parked.event.set()
+            else:
+                self._made += 1
+                name = f"{self._name}-{self._made}"
+                threading.Thread(target=self._work, args=(task,), name=name, daemon=True).start()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            self._dispatch()
+
+    def _reacquire(self) -> None:
+        with self._lock:
+            self._busy += 1  # may pass the limit for a moment: a woken run goes on at once
+
+    def _work(self, task: _Task) -> None:
+        _local.pool = self
+        parked = _Parked()
+        while True:
+            future, fn, args = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            with self._lock:
+                if self._queue:
+                    task = self._queue.popleft()
+                    continue
+                self._busy -= 1
+                parked.task = None
+                parked.event.clear()
+                self._idle.append(parked)
+            parked.event.wait(IDLE_THREAD_EXIT)
+            with self._lock:
+                if parked.task is None:  # nothing came: leave
+                    self._idle.remove(parked)
+                    return
+                task = parked.task
+
+
+class _Parked:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.task: _Task | None = None
+
+
+_Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+IDLE_THREAD_EXIT = 30.0
 
 
 class AsyncRunner:

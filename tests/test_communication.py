@@ -507,3 +507,19 @@ def test_bad_inputs_are_clear_errors(db, engines):
         with pytest.raises(ValueError, match="sleep"):
             app.sleep(-1)
         assert listener() is None
+
+
+def test_parents_waiting_for_children_do_not_starve_a_small_pool(db, engines):
+    app = engines(db, max_workers=2)
+
+    @app.workflow(name="kid")
+    def kid(n: int) -> int:
+        return n * 2
+
+    @app.workflow(name="parent")
+    def parent(n: int) -> int:
+        return app.start_workflow(kid, n).get_result()
+
+    with app:
+        handles = [app.start_workflow(parent, n) for n in range(10)]  # 10 waiting parents, 2 slots
+        assert [handle.get_result(timeout=20) for handle in handles] == [n * 2 for n in range(10)]
