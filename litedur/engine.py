@@ -295,7 +295,7 @@ class Engine(Client):
             self._recovery_interest.close()
             self._recovery_interest = None
         with self._lock:
-            executor = self._executor
+            executor, pool = self._executor, self._pool
             self._launched = False
         if executor is not None:
             futures = [f for f in list(executor.running.values()) if f is not None]
@@ -308,6 +308,8 @@ class Engine(Client):
                     return
             if executor.running:
                 return
+        if pool is not None:
+            pool.shutdown()
         if self._writer is not None:
             self._writer.close()
         self._deadlines.close()

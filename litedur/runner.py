@@ -173,6 +173,7 @@ class WorkflowThreads:
         self._busy = 0  # threads at work, not counting those in a durable wait
         self._idle: list[_Parked] = []
         self._made = 0
+        self._closed = False
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         from concurrent.futures import Future
@@ -221,15 +222,27 @@ class WorkflowThreads:
                     task = self._queue.popleft()
                     continue
                 self._busy -= 1
+                if self._closed:
+                    return
                 parked.task = None
                 parked.event.clear()
                 self._idle.append(parked)
             parked.event.wait(IDLE_THREAD_EXIT)
             with self._lock:
-                if parked.task is None:  # nothing came: leave
-                    self._idle.remove(parked)
+                if parked.task is None:  # nothing came (or the engine shut down): leave
+                    if parked in self._idle:
+                        self._idle.remove(parked)
                     return
                 task = parked.task
+
+
+    def shutdown(self) -> None:
+        """Let the parked threads go (call once no run is left); a thread at work leaves after it."""
+        with self._lock:
+            self._closed = True
+            parked, self._idle = self._idle, []
+        for thread in parked:
+            thread.event.set()
 
 
 class _Parked:

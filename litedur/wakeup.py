@@ -708,19 +708,21 @@ def _errno() -> int:
 class _InotifyWatch(_Watch):
     """inotify on a directory; events for the file names that ``concerns`` accepts count."""
 
-    def __init__(self, directory: str, concerns: Callable[[bytes], bool]) -> None:
+    MASK = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_CREATE | _IN_MOVED_TO
+
+    def __init__(self, directory: str, concerns: Callable[[bytes], bool] | None = None) -> None:
         libc = _libc()
         assert libc is not None
-        self._concerns = concerns
+        self._libc, self._directory, self._concerns = libc, directory, concerns
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             raise OSError(_errno(), "inotify_init1 failed")
-        mask = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_CREATE | _IN_MOVED_TO
-        if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
-            errno = _errno()
-            os.close(fd)
-            raise OSError(errno, f"inotify_add_watch failed on {directory}")
         self._fd = fd
+        self._directory_wd = libc.inotify_add_watch(fd, os.fsencode(directory), self.MASK)
+        if self._directory_wd < 0:
+            errno = _errno()
+            self.close()
+            raise OSError(errno, f"inotify_add_watch failed on {directory}")
 
     def fileno(self) -> int:
         return self._fd
@@ -732,19 +734,18 @@ class _InotifyWatch(_Watch):
                 events = os.read(self._fd, _READ_SIZE)
             except BlockingIOError:
                 return relevant
-            relevant = relevant or self._concerns_any(events)
+            at = 0
+            while at + _EVENT_HEADER.size <= len(events):
+                wd, _, _, length = _EVENT_HEADER.unpack_from(events, at)
+                start = at + _EVENT_HEADER.size
+                relevant = self._relevant(wd, events[start : start + length].rstrip(b"\0")) or relevant
+                at = start + length
             if len(events) < _READ_SIZE // 2:  # the queue is empty (no need for a failing read)
                 return relevant
 
-    def _concerns_any(self, events: bytes) -> bool:
-        at = 0
-        while at + _EVENT_HEADER.size <= len(events):
-            length = _EVENT_HEADER.unpack_from(events, at)[3]
-            start = at + _EVENT_HEADER.size
-            if self._concerns(events[start : start + length].rstrip(b"\0")):
-                return True
-            at = start + length
-        return False
+    def _relevant(self, wd: int, name: bytes) -> bool:
+        assert self._concerns is not None
+        return self._concerns(name)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -795,24 +796,15 @@ class _KqueueWatch(_Watch):
         self._kqueue.close()
 
 
-class _InotifySignalWatch(_Watch):
+class _InotifySignalWatch(_InotifyWatch):
     """inotify on the signal files of the other processes, each watched on its own (not this
     process's: its own signals must not wake it), and on the directory for new ones."""
 
+    MASK = _IN_CREATE | _IN_MOVED_TO
+
     def __init__(self, directory: str, own: str) -> None:
-        libc = _libc()
-        assert libc is not None
-        self._libc, self._directory = libc, directory
         self._prefix, self._own = f"{SIGNAL_PREFIX}-".encode(), own.encode()
-        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        if fd < 0:
-            raise OSError(_errno(), "inotify_init1 failed")
-        self._fd = fd
-        self._directory_wd = libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE | _IN_MOVED_TO)
-        if self._directory_wd < 0:
-            errno = _errno()
-            self.close()
-            raise OSError(errno, f"inotify_add_watch failed on {directory}")
+        super().__init__(directory)
         for name in os.listdir(directory):
             if not _remove_if_dead(directory, name):
                 self._watch_file(os.fsencode(name))
@@ -823,32 +815,10 @@ class _InotifySignalWatch(_Watch):
         self._libc.inotify_add_watch(self._fd, os.path.join(os.fsencode(self._directory), name), _IN_MODIFY)
         return True
 
-    def fileno(self) -> int:
-        return self._fd
-
-    def drain(self) -> bool:
-        relevant = False
-        while True:
-            try:
-                events = os.read(self._fd, _READ_SIZE)
-            except BlockingIOError:
-                return relevant
-            at = 0
-            while at + _EVENT_HEADER.size <= len(events):
-                wd, _, _, length = _EVENT_HEADER.unpack_from(events, at)
-                start = at + _EVENT_HEADER.size
-                if wd != self._directory_wd:
-                    relevant = True  # another process rewrote its signal file
-                elif self._watch_file(events[start : start + length].rstrip(b"\0")):
-                    relevant = True  # a new process: it may have signalled before we watched its file
-                at = start + length
-            if len(events) < _READ_SIZE // 2:
-                return relevant
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    def _relevant(self, wd: int, name: bytes) -> bool:
+        if wd != self._directory_wd:
+            return True  # another process rewrote its signal file
+        return self._watch_file(name)  # a new process: it may have signalled before we watched its file
 
 
 class _KqueueFileWatch(_Watch):

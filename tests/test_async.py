@@ -38,20 +38,6 @@ def db(tmp_path: Path) -> str:
     return str(tmp_path / "async.db")
 
 
-@pytest.fixture
-def engines():
-    made: list[litedur.Engine] = []
-
-    def make(path: str, **options) -> litedur.Engine:
-        app = litedur.Engine(path, **options)
-        made.append(app)
-        return app
-
-    yield make
-    for app in made:
-        app.shutdown(timeout=10)
-
-
 def steps_by_position(client: litedur.Client, workflow_id: str) -> dict[int, litedur.StepInfo]:
     return {step.position: step for step in client.list_steps(workflow_id)}
 

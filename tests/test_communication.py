@@ -32,20 +32,6 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "talk.db"
 
 
-@pytest.fixture
-def engines():
-    made: list[litedur.Engine] = []
-
-    def make(path, **options) -> litedur.Engine:
-        app = litedur.Engine(path, **options)
-        made.append(app)
-        return app
-
-    yield make
-    for app in made:
-        app.shutdown(timeout=10)
-
-
 def file_digest(path: Path) -> str:
     """The database's content as SQLite sees it (the main file after a checkpoint of the WAL)."""
     import apsw

@@ -80,21 +80,6 @@ def log(tmp_path):
     return SideEffectLog(tmp_path / "effects.log")
 
 
-@pytest.fixture
-def engines():
-    """Make engines that are shut down when the test ends."""
-    made: list[litedur.Engine] = []
-
-    def make(path, **options) -> litedur.Engine:
-        app = litedur.Engine(path, **options)
-        made.append(app)
-        return app
-
-    yield make
-    for app in made:
-        app.shutdown(timeout=10)
-
-
 def same(a, b) -> bool:
     """Equal, and of exactly the same types all the way down."""
     if type(a) is not type(b):
