@@ -1209,9 +1209,9 @@ class SQLiteStorage:
         Returns ``(rows taken, when to try again)``: the epoch time at which a delayed workflow
         becomes available or the rate window frees a start, if that is what limits the queue now.
         """
-        now = time.time()
         retry_at: float | None = None
         with self._write(f"take work from queue {queue.name!r}") as conn:
+            now = time.time()  # once the write lock is held: a start is counted when it commits
             free = want
             if queue.concurrency is not None:
                 free = min(free, queue.concurrency - _count(conn, _RUNNING_IN_QUEUE, queue.name))
@@ -1373,6 +1373,7 @@ class SQLiteStorage:
                     (workflow_id, f"{CASCADE_REASON} %", workflow_id),
                 ).fetchall()
             ]
+            _refuse_taken_deduplication(conn, resumed)
             now = time.time()
             for target in resumed:
                 conn.execute(
@@ -1462,6 +1463,25 @@ _INSERT_ENTRY_WHILE_OWNED = (
 )
 # Changes of a workflow's status, events and messages are numbered by triggers (see the schema).
 _BUMP = "INSERT INTO workflow_changes (workflow_id) VALUES (?)"
+
+
+def _refuse_taken_deduplication(conn: apsw.Connection, workflow_ids: list[str]) -> None:
+    """Raise DuplicateWorkflowError if a queued workflow about to go back to its queue has a
+    deduplication id that another active workflow of that queue took meanwhile."""
+    for workflow_id in workflow_ids:
+        holder = conn.execute(
+            "SELECT other.workflow_id, w.queue_name, w.deduplication_id FROM workflows w JOIN workflows other "
+            "ON other.queue_name = w.queue_name AND other.deduplication_id = w.deduplication_id "
+            "AND other.status IN ('ENQUEUED', 'PENDING') WHERE w.workflow_id = ? AND other.workflow_id != ?",
+            (workflow_id, workflow_id),
+        ).fetchall()
+        if holder:
+            other, queue, deduplication_id = holder[0]
+            raise DuplicateWorkflowError(
+                f"cannot resume workflow {workflow_id!r}: queue {queue!r} already has workflow {other!r} "
+                f"with its deduplication id {deduplication_id!r}",
+                other,
+            )
 
 
 def _count(conn: apsw.Connection, query: str, *params: Any) -> int:

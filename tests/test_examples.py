@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import approval  # noqa: E402
+import async_agent  # noqa: E402
 import chat  # noqa: E402
 import two_terminals  # noqa: E402
 
@@ -208,3 +210,108 @@ def test_approval_restarted_after_a_kill_keeps_the_original_deadline_of_its_wait
     assert wait_deadlines(db, "a2") == [deadline]
     # It timed out at the deadline recorded before the kill; a fresh 3 s wait would end 4 s after it.
     assert deadline <= timed_out < deadline + 0.9
+
+
+def agent_answer() -> str:
+    facts = {name: result for name, (_, result) in async_agent.TOOLS.items()}
+    return async_agent.compose(async_agent.QUESTION, facts) + " "
+
+
+def test_async_agent_runs_its_tools_at_once_and_streams_its_answer(tmp_path):
+    db = tmp_path / "agent.db"
+    done = run_example("async_agent.py", "--db", db, "--rate", 1000)
+    lines = done.stdout.splitlines()
+    tools = [f"tool {name}: {async_agent.TOOLS[name][1]}" for name in ("prices", "calendar", "weather")]
+    assert lines[:3] == tools  # as they finished: fastest first
+    assert lines[3] == " ".join(agent_answer().split()) + " "
+    assert lines[4] == "result: {'tools': 3, 'words': 45}  status: SUCCESS  recoveries: 0"
+    steps = [line.split()[:5] for line in lines[5:9]]
+    assert steps == [["step", f"{position}:", f"build.{name}", "attempts", "1"] for position, name in
+                     enumerate(("weather", "calendar", "prices", "stream_answer"))]  # call order  # fmt: skip
+    assert lines[9].startswith("the 3 tools ran at once: ") and len(lines) == 10
+    with litedur.Client(db) as client:
+        recorded = client.list_steps("agent-1")
+    tool_steps, answer_step = recorded[:3], recorded[3]
+    assert max(s.started_at for s in tool_steps) < min(s.finished_at for s in tool_steps)  # they overlapped
+    assert answer_step.started_at >= max(s.finished_at for s in tool_steps)  # the answer waited for all three
+    assert answer_step.output == agent_answer()
+    assert [value for _, value, _, _ in stream_entries(db, "agent-1", "answer")] == [
+        word + " " for word in agent_answer().split()]  # fmt: skip
+
+
+def test_async_agent_killed_mid_answer_is_recovered_without_calling_its_tools_again(tmp_path):
+    db = tmp_path / "agent.db"
+    done = run_example("async_agent.py", "--db", db, "--rate", 200, "--crash")
+    assert "killed with SIGKILL mid-answer" in done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[3] == " ".join(agent_answer().split()) + " "  # every token once, in order
+    assert lines[4] == "result: {'tools': 3, 'words': 45}  status: SUCCESS  recoveries: 1"
+    with litedur.Client(db) as client:
+        steps = client.list_steps("agent-1")
+    assert [(s.position, s.name.split(".")[1], s.attempts) for s in steps] == [
+        (0, "weather", 1), (1, "calendar", 1), (2, "prices", 1), (3, "stream_answer", 2)]  # fmt: skip
+    tools = stream_entries(db, "agent-1", "tools")
+    assert sorted((value["tool"], position, attempt) for _, value, position, attempt in tools) == [
+        ("calendar", 1, 1), ("prices", 2, 1), ("weather", 0, 1)]  # each tool called once, at its position  # fmt: skip
+    answer = stream_entries(db, "agent-1", "answer")
+    assert [offset for offset, *_ in answer] == list(range(len(agent_answer().split())))
+    assert "".join(value for _, value, _, _ in answer) == agent_answer()
+    assert {attempt for *_, attempt in answer} == {1, 2}  # the second attempt went on after the first's tokens
+
+    again = run_example("async_agent.py", "--db", db, "--rate", 200, "--crash")  # a rerun prints the recorded run
+    assert again.stdout.splitlines()[:5] == lines[:5] and "SIGKILL" not in again.stderr
+
+
+def busiest(intervals_by_job: dict[str, list[tuple[float, float]]]) -> int:
+    """The most jobs that had a step running at one instant (a job counts once however many steps)."""
+    edges = []
+    for intervals in intervals_by_job.values():
+        merged: list[list[float]] = []
+        for start, end in sorted(intervals):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        edges += [(start, 1) for start, _ in merged] + [(end, -1) for _, end in merged]
+    most = now = 0
+    for _, change in sorted(edges):  # at a tie an end (-1) comes first: touching is not overlapping
+        now += change
+        most = max(most, now)
+    return most
+
+
+def test_rate_limited_queue_finishes_every_job_exactly_once_within_its_limits_after_a_kill(tmp_path):
+    db = tmp_path / "jobs.db"
+    started = time.monotonic()
+    done = run_example("rate_limited.py", "--db", db)
+    took = time.monotonic() - started
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("30/30 jobs done in ") for line in lines), done.stdout
+    killed = next(line for line in lines if " was SIGKILLed running jobs " in line)
+    assert "each job exactly once" in lines[-3] and "most jobs running at once" in lines[-2]
+    assert "killed with SIGKILL while running jobs" in done.stderr
+
+    effects = Path(f"{db}.effects").read_text().splitlines()
+    counts = collections.Counter(int(line.split()[1]) for line in effects)
+    assert counts == {n: 1 for n in range(1, 31)}  # each job's side effect happened once
+
+    with litedur.Client(db) as client:
+        jobs = client.list_workflows(queue="jobs")
+        steps = {job.workflow_id: client.list_steps(job.workflow_id) for job in jobs}
+    assert len(jobs) == 30 and {job.status for job in jobs} == {"SUCCESS"}
+    victim = killed.split()[1]
+    requeued = [job for job in jobs if job.recovery_attempts]
+    assert requeued and all(f"worker-{victim}-" not in job.executor_id for job in requeued)  # the other one
+    intervals = {wid: [(s.started_at, s.finished_at) for s in recorded] for wid, recorded in steps.items()}
+    assert busiest(intervals) <= 3  # concurrency=3 across both processes, as recorded in the file
+    assert f"most jobs running at once (the steps' recorded times): {busiest(intervals)} " in lines[-2]
+    starts = sorted(start for recorded in intervals.values() for start, _ in recorded)
+    # 10 starts per second: the 11th start after any start comes a period later (less a little: a step
+    # starts a few ms after the dequeue that the limiter counted).
+    assert min(later - first for first, later in zip(starts, starts[10:], strict=False)) > 1.0 - 0.25
+    assert took < 15
+
+    again = run_example("rate_limited.py", "--db", db)  # a rerun on the file finds every job done
+    assert any(line.startswith("30/30 jobs done in ") for line in again.stdout.splitlines())
+    assert "SIGKILL" not in again.stdout + again.stderr
+    assert Path(f"{db}.effects").read_text().splitlines() == effects
