@@ -328,6 +328,8 @@ class SQLiteStorage:
         self._connections: list[apsw.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._grouped: list[_GroupedWrite] = []  # one-statement writes waiting for a commit (see _commit_one)
+        self._grouped_lock = threading.Lock()
         self._writer_conn: apsw.Connection | None = None
         self._next_offsets: dict[int, int] = {}  # stream_id -> next offset, for append_one
         self._closed = False
@@ -403,6 +405,58 @@ class SQLiteStorage:
                 if not conn.get_autocommit():
                     conn.execute("ROLLBACK")
                 raise
+
+    def _commit_one(self, statement: str, params: Sequence[Any], what: str) -> int:
+        """Run one write statement in a commit of its own or shared; the rows it changed.
+
+        Group commit without a thread: every caller queues its statement, and whoever holds the
+        write lock commits all that are queued, in one transaction when there are several (a
+        statement that fails is undone alone, its error handed to its caller). So concurrent
+        workflows share commits, and a caller alone pays one autocommitted statement. Every caller
+        returns only once its statement is committed.
+        """
+        mine = _GroupedWrite(statement, params)
+        with self._grouped_lock:
+            self._grouped.append(mine)
+        with self._write_lock:
+            if not mine.done:
+                with self._grouped_lock:
+                    batch, self._grouped = self._grouped, []
+                self._commit_group(batch)
+        if mine.error is not None:
+            error = mine.error
+            if isinstance(error, apsw.Error):
+                raise self._database_error(what, error) from error
+            raise error
+        return mine.changes
+
+    def _commit_group(self, batch: list[_GroupedWrite]) -> None:
+        conn = self._writer()
+        if len(batch) == 1:
+            write = batch[0]
+            try:
+                conn.execute(write.statement, write.params)
+                write.changes = conn.changes()
+            except BaseException as exc:
+                write.error = exc
+            write.done = True
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                try:
+                    conn.execute(write.statement, write.params)
+                    write.changes = conn.changes()
+                except apsw.ConstraintError as exc:  # undone alone: the others go on
+                    write.error = exc
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+            for write in batch:
+                write.error = write.error or exc
+        for write in batch:
+            write.done = True
 
     @contextlib.contextmanager
     def _read(self, what: str) -> Iterator[apsw.Connection]:
@@ -584,14 +638,8 @@ class SQLiteStorage:
                     conn.execute(_INSERT_STEP, checkpoint)
             assert existing is not None
             return created, existing
-        with self._write_lock:
-            try:
-                conn = self._writer()
-                conn.execute(_INSERT_WORKFLOW, row)  # one statement: its own transaction
-                if conn.changes() == 1:
-                    return True, row
-            except apsw.Error as exc:
-                raise self._database_error(f"create workflow {workflow_id!r}", exc) from exc
+        if self._commit_one(_INSERT_WORKFLOW, row, f"create workflow {workflow_id!r}") == 1:
+            return True, row
         existing = self.get_workflow(workflow_id)  # rows are never deleted: it is there
         assert existing is not None
         return False, existing
@@ -643,13 +691,7 @@ class SQLiteStorage:
         description, pickled = error if error is not None else (None, None)
         values = (status, encoding, value, description, pickled, time.time(), workflow_id, executor_id)
         if not has_streams:
-            with self._write_lock:
-                try:
-                    conn = self._writer()
-                    conn.execute(_FINISH_WHILE_OWNED, values)  # one statement: its own transaction
-                    return conn.changes() == 1
-                except apsw.Error as exc:
-                    raise self._database_error(f"finish workflow {workflow_id!r}", exc) from exc
+            return self._commit_one(_FINISH_WHILE_OWNED, values, f"finish workflow {workflow_id!r}") == 1
         with self._write(f"finish workflow {workflow_id!r}") as conn:
             conn.execute(_FINISH_WHILE_OWNED, values)
             if conn.changes() == 0:
@@ -728,14 +770,9 @@ class SQLiteStorage:
         Raises WorkflowCancelledError or StaleRunError (recording nothing) when the workflow was
         cancelled or is no longer this executor's.
         """
-        with self._write_lock:
-            try:
-                conn = self._writer()
-                conn.execute(_INSERT_STEP_WHILE_OWNED, (*row, row.workflow_id, executor_id))  # one transaction
-                if conn.changes() == 1:
-                    return
-            except apsw.Error as exc:
-                raise self._database_error(f"record step {row.position} of {row.workflow_id!r}", exc) from exc
+        what = f"record step {row.position} of {row.workflow_id!r}"
+        if self._commit_one(_INSERT_STEP_WHILE_OWNED, (*row, row.workflow_id, executor_id), what) == 1:
+            return
         with self._read(f"read workflow {row.workflow_id!r}") as conn:
             _fence(conn, row.workflow_id, executor_id)
         raise AssertionError("a refused step record must be explained by the fence")
@@ -1414,6 +1451,19 @@ class SQLiteStorage:
             with contextlib.suppress(OSError):
                 sizes["database" if not suffix else "wal"] = os.path.getsize(self.path + suffix)
         return sizes
+
+
+class _GroupedWrite:
+    """One statement waiting in `SQLiteStorage._commit_one`, and what became of it."""
+
+    __slots__ = ("statement", "params", "changes", "error", "done")
+
+    def __init__(self, statement: str, params: Sequence[Any]) -> None:
+        self.statement = statement
+        self.params = params
+        self.changes = 0
+        self.error: BaseException | None = None
+        self.done = False
 
 
 class _BusyWait:
