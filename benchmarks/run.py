@@ -33,6 +33,13 @@ Workloads (ids for ``--only``; RAW always runs, the ratios need it):
          in ``recv``: the CPU of the engine's first query of workflow changes after that (it reads the
          events back and wakes every workflow once), the CPU of the next seconds with nothing arriving,
          the time until all of them finish once each is sent a message, and the process's peak RSS.
+- W8     queues and async (issue 11): enqueue -> start latency across processes (a Client enqueues one
+         workflow at a time into a queue of a worker process; the body returns ``time.monotonic_ns()``;
+         p50/p99/max); one-step workflows through a queue with ``concurrency=8`` (enqueued, then
+         awaited) as a ratio to the same workflows started with ``start_workflow`` in the same round
+         (W4 again, here with issue 11's target); W4 with ``async def`` workflows and steps; then a
+         process whose 10,000 ``async def`` workflows each await ``recv_async``: the time to start them
+         all, the time from the first message sent to all finished, its threads and peak RSS.
 - IMPORT import time of litedur in a fresh interpreter, wall time of ``litedur --help``.
 
 Child processes (writers, the recovering process) are this same script started with a hidden
@@ -69,7 +76,7 @@ import apsw
 import litedur
 
 HERE = Path(__file__).resolve()
-WORKLOADS = ("RAW", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "IMPORT")
+WORKLOADS = ("RAW", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "IMPORT")
 VALUE = "abcde"  # the five-byte string every stream workload writes
 RATE = 500.0  # values/s written by the paced writer of W2 and W6
 GAP = 0.002  # s between a message received and the next one sent (W7): the receiver is back in its wait
@@ -84,6 +91,7 @@ SIZES = {
         "w3": 5_000, "w4": 2_000, "w5": 1_000,
         "w6": 1_000_000, "w6_tail": 1_000, "w6_readers": 50, "w6_live": 1_000,
         "w7": 1_000, "w7_idle": 1_000, "w7_window": 3.0, "w7_settle": 0.5,
+        "w8_latency": 1_000, "w8_queue": 2_000, "w8_async": 2_000, "w8_waiters": 10_000,
         "imports": 5,
     },
     "quick": {
@@ -93,6 +101,7 @@ SIZES = {
         "w3": 200, "w4": 100, "w5": 100,
         "w6": 20_000, "w6_tail": 1_000, "w6_readers": 10, "w6_live": 100,
         "w7": 50, "w7_idle": 50, "w7_window": 0.3, "w7_settle": 0.1,
+        "w8_latency": 50, "w8_queue": 100, "w8_async": 100, "w8_waiters": 200,
         "imports": 1,
     },
 }  # fmt: skip
@@ -114,7 +123,8 @@ MESSAGE_INDEX = "CREATE INDEX pending ON messages (id) WHERE consumed = 0"  # wh
 
 @dataclass(frozen=True)
 class Target:
-    """What issue 6 asks of a figure: ``op`` is ">=" or "<="; ``ratio`` compares the ratio column.
+    """What an issue asks of a figure: ``op`` is ">=" or "<="; ``ratio`` compares the ratio column, taken
+    against the figure's ``vs`` (named ``of``: raw, unless the baseline is another litedur figure).
 
     ``scaled``: a throughput also judged as a ratio to raw, the absolute number divided by the raw
     one-row commit rate issue 6 measured when it set the number (machines and days differ).
@@ -124,12 +134,13 @@ class Target:
     number: float
     ratio: bool = False
     scaled: bool = False
+    of: str = "raw"
 
     def met(self, value: float) -> bool:
         return value >= self.number if self.op == ">=" else value <= self.number
 
     def __str__(self) -> str:
-        return f"{self.op} {fmt_ratio(self.number)} raw" if self.ratio else f"{self.op} {fmt(self.number)}"
+        return f"{self.op} {fmt_ratio(self.number)} {self.of}" if self.ratio else f"{self.op} {fmt(self.number)}"
 
 
 @dataclass(frozen=True)
@@ -226,12 +237,15 @@ def markdown(rows: dict[str, Row]) -> list[str]:
     ]
     for row in rows.values():
         ratio = ratio_of(row, rows)
+        base = rows[row.vs] if ratio is not None and row.vs else None
+        against = "" if ratio is None else fmt_ratio(ratio)
+        if base is not None and base.workload != "RAW":  # a ratio to another litedur figure: say which
+            against += f" {base.short}"
         low, mid, high = (
             (fmt(min(row.samples)), fmt(median(row.samples)), fmt(max(row.samples))) if row.samples else ("n/a",) * 3
         )
         lines.append(
-            f"| {row.workload} | {row.label} | {row.unit} | {low} | {mid} | {high} | "
-            f"{'' if ratio is None else fmt_ratio(ratio)} | {verdict(row, rows)} |"
+            f"| {row.workload} | {row.label} | {row.unit} | {low} | {mid} | {high} | {against} | {verdict(row, rows)} |"
         )
     return lines
 
@@ -248,6 +262,12 @@ def cpu_seconds() -> float:
     """User + system CPU of this whole process."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far, in MiB."""
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return usage / 2**20 if sys.platform == "darwin" else usage / 2**10
 
 
 @contextlib.contextmanager
@@ -750,9 +770,11 @@ def w3(ctx: Context) -> list[Figure]:
     return [Figure("w3", "W3", label, "steps/s", rate, vs=f"raw.{ctx.durability}", target=target)]
 
 
-def w4(ctx: Context) -> list[Figure]:
-    count = ctx.size("w4")
-    app = engine(ctx.db("w4"), ctx.durability)
+def one_step_rate(path: str, durability: str, count: int, how: str = "start") -> float:
+    """Workflows/s of ``count`` one-step workflows, all started, then each awaited from this thread:
+    started with ``start_workflow`` ("start"), enqueued in a queue with ``concurrency=8`` ("queue"), or
+    ``async def`` workflows with an ``async def`` step, started with ``start_workflow`` ("async")."""
+    app = engine(path, durability)
 
     @app.step(name="bench.trivial")
     def trivial(i: int) -> int:
@@ -762,12 +784,32 @@ def w4(ctx: Context) -> list[Figure]:
     def one_step(i: int) -> int:
         return trivial(i)
 
+    @app.step(name="bench.trivial_async")
+    async def trivial_async(i: int) -> int:
+        return i
+
+    @app.workflow(name="bench.one_step_async")
+    async def one_step_async(i: int) -> int:
+        return await trivial_async(i)
+
+    queue = app.queue("bench", concurrency=8) if how == "queue" else None
     with app:
         started = time.perf_counter()
-        handles = [app.start_workflow(one_step, i) for i in range(count)]
-        for handle in handles:
-            handle.get_result(timeout=120)
+        if queue is not None:
+            handles = [queue.enqueue(one_step, i) for i in range(count)]
+        else:
+            workflow = one_step_async if how == "async" else one_step
+            handles = [app.start_workflow(workflow, i) for i in range(count)]
+        results = [handle.get_result(timeout=120) for handle in handles]
         rate = count / (time.perf_counter() - started)
+    if results != list(range(count)):
+        raise RuntimeError(f"{how}: the one-step workflows did not return their inputs")
+    return rate
+
+
+def w4(ctx: Context) -> list[Figure]:
+    count = ctx.size("w4")
+    rate = one_step_rate(ctx.db("w4"), ctx.durability, count)
     return [Figure("w4", "W4", f"{count:,} one-step workflows, started and awaited ({ctx.durability})",
                    "workflows/s", rate, vs=f"raw.{ctx.durability}",
                    target=Target(">=", 5_000, scaled=True) if ctx.normal else None)]  # fmt: skip
@@ -969,9 +1011,7 @@ def role_idle_receivers(path: str, count: str, window: str, settle: str, durabil
             if handle.get_result(timeout=120) != i:
                 raise RuntimeError(f"{handle.workflow_id} received another message than {i}")
         finished = time.monotonic_ns()
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    rss = usage / 2**20 if sys.platform == "darwin" else usage / 2**10
-    print(f"finished {json.dumps({'at': finished, 'rss': rss})}", flush=True)
+    print(f"finished {json.dumps({'at': finished, 'rss': peak_rss_mib()})}", flush=True)
 
 
 def w7(ctx: Context) -> list[Figure]:
@@ -1026,6 +1066,140 @@ def w7(ctx: Context) -> list[Figure]:
     ]  # fmt: skip
 
 
+def role_queue_worker(path: str, durability: str) -> None:
+    """Child: declare the queue "w8" (no limits) and a workflow whose body returns ``time.monotonic_ns()``
+    at once; say "ready", run what is enqueued until told to stop."""
+    app = engine(path, durability)
+    app.queue("w8")
+
+    @app.workflow(name="bench.stamp")
+    def stamp() -> int:
+        return time.monotonic_ns()
+
+    with app:
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+
+def enqueue_latencies(path: str, count: int) -> list[int]:
+    """Enqueue ``count`` workflows one at a time from a Client (this process) into the queue-worker's
+    queue, each `GAP` after the previous one ended (so its dispatcher is back in its wait): ns from just
+    before each enqueue to the start of its body in the worker."""
+    latencies = []
+    with litedur.Client(path) as client:
+        for _ in range(count):
+            time.sleep(GAP)
+            stamp = time.monotonic_ns()
+            handle = client.enqueue("w8", "bench.stamp")
+            latencies.append(handle.get_result(timeout=60) - stamp)
+    return latencies
+
+
+def role_async_waiters(path: str, count: str, durability: str) -> None:
+    """Child: ``count`` ``async def`` workflows ("waiter-<i>") that each await ``recv_async(timeout=600)``,
+    started from this thread on an engine with the default pool. Once all wait, say "waiting <JSON>" (the
+    time to start them all); then "finished <JSON>" once each received its message and ended: the time
+    (monotonic ns), the most threads alive at once, the peak RSS, and the peak RSS before they started."""
+    n = int(count)
+    app = engine(path, durability)
+    waiting = [0]
+    all_waiting = threading.Event()
+
+    @app.workflow(name="bench.async_waiter")
+    async def waiter() -> object:
+        waiting[0] += 1  # on the engine's loop: no race; the await below waits before the loop goes on
+        if waiting[0] == n:
+            all_waiting.set()
+        return await app.recv_async(timeout=600)
+
+    async def nothing() -> None:
+        pass
+
+    threads, stop = [0], threading.Event()
+
+    def count_threads() -> None:  # the most threads alive at once, this one not counted
+        while True:
+            threads[0] = max(threads[0], threading.active_count() - 1)
+            if stop.wait(0.005):
+                return
+
+    sampler = threading.Thread(target=count_threads, name="bench-threads", daemon=True)
+    with app:
+        rss_before = peak_rss_mib()
+        sampler.start()
+        started = time.perf_counter()
+        handles = []
+        for i in range(n):
+            with litedur.SetWorkflowID(f"waiter-{i}"):
+                handles.append(app.start_workflow(waiter))
+        if not all_waiting.wait(120):
+            raise RuntimeError(f"{waiting[0]} of {n} workflows reached recv_async within 120 s")
+        app._runner.submit(nothing()).result(60)  # the loop had a turn: the last one waits too
+        start_s = time.perf_counter() - started
+        print(f"waiting {json.dumps({'start': start_s})}", flush=True)
+        for i, handle in enumerate(handles):
+            if handle.get_result(timeout=120) != i:
+                raise RuntimeError(f"{handle.workflow_id} received another message than {i}")
+        finished = time.monotonic_ns()
+        stop.set()
+        sampler.join()
+    result = {"at": finished, "threads": threads[0], "rss": peak_rss_mib(), "rss_before": rss_before}
+    print(f"finished {json.dumps(result)}", flush=True)
+
+
+def w8(ctx: Context) -> list[Figure]:
+    count = ctx.size("w8_latency")
+    path = ctx.db("w8-enqueue")
+    with child("queue-worker", path, ctx.durability) as worker:
+        expect_line(worker, "ready")
+        latencies = enqueue_latencies(path, count)
+        send_go(worker)
+        reap(worker)
+    figures = latency_figures("W8", "w8.enqueue", "enqueue -> start, cross-process", (latencies, None),
+                              {"p50": Target("<=", 2.0)} if ctx.normal else None)  # fmt: skip
+
+    normal, durability = ctx.normal, ctx.durability
+    n, n_async = ctx.size("w8_queue"), ctx.size("w8_async")
+    started_rate = one_step_rate(ctx.db("w8-start"), durability, n)
+    queued_rate = one_step_rate(ctx.db("w8-queue"), durability, n, how="queue")
+    async_rate = one_step_rate(ctx.db("w8-async"), durability, n_async, how="async")
+    commits = f"raw.{durability}"
+    figures += [
+        Figure("w8.start", "W8", f"W4 again: {n:,} one-step workflows ({durability})",
+               "workflows/s", started_rate, vs=commits, short="W4 of this round",
+               target=Target(">=", 0.15, ratio=True) if normal else None),
+        Figure("w8.queue", "W8", f"{n:,} one-step workflows via a queue, concurrency=8",
+               "workflows/s", queued_rate, vs="w8.start", target=Target(">=", 0.5, ratio=True, of="W4")),
+        Figure("w8.async", "W8", f"W4 async: {n_async:,} async one-step workflows ({durability})",
+               "workflows/s", async_rate, vs=commits, target=Target(">=", 0.15, ratio=True) if normal else None),
+    ]  # fmt: skip
+
+    waiters = ctx.size("w8_waiters")
+    path = ctx.db("w8-waiters")
+    with child("async-waiters", path, waiters, durability) as child_process:
+        waiting = json.loads(expect_line(child_process, "waiting"))
+        with litedur.Client(path) as client:
+            started = time.monotonic_ns()
+            for i in range(waiters):
+                client.send(f"waiter-{i}", i)
+            sent = time.monotonic_ns()
+        finished = json.loads(expect_line(child_process, "finished"))
+        reap(child_process, timeout=120)
+    blocked = f"{waiters:,} async in recv_async"
+    per_workflow = (finished["rss"] - finished["rss_before"]) * 2**10 / waiters
+    return [
+        *figures,
+        Figure("w8.waiters.start", "W8", f"{blocked}: starting them all", "ms", waiting["start"] * 1000),
+        Figure("w8.waiters.sends", "W8", f"{blocked}: sending one message each", "ms", (sent - started) / 1e6),
+        Figure("w8.waiters.drain", "W8", f"{blocked}: first send -> all finished", "ms",
+               (finished["at"] - started) / 1e6),
+        Figure("w8.waiters.threads", "W8", f"{blocked}: threads of their process (most)", "threads",
+               finished["threads"]),
+        Figure("w8.waiters.rss", "W8", f"{blocked}: peak RSS of their process", "MiB", finished["rss"]),
+        Figure("w8.waiters.per", "W8", f"{blocked}: peak RSS growth per workflow", "KiB", per_workflow),
+    ]  # fmt: skip
+
+
 def best_wall(command: list[str], times: int) -> float:
     best = float("inf")
     for _ in range(times):
@@ -1068,12 +1242,14 @@ def w_import(ctx: Context) -> list[Figure]:
 
 
 RUNNERS: dict[str, Callable[[Context], list[Figure]]] = {
-    "RAW": w_raw, "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "IMPORT": w_import,
+    "RAW": w_raw, "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8,
+    "IMPORT": w_import,
 }  # fmt: skip
 ROLES: dict[str, Callable[..., None]] = {
     "paced-writer": role_paced_writer, "raw-writer": role_raw_writer,
     "victim": role_victim, "recoverer": role_recoverer,
     "receiver": role_receiver, "raw-receiver": role_raw_receiver, "idle-receivers": role_idle_receivers,
+    "queue-worker": role_queue_worker, "async-waiters": role_async_waiters,
 }  # fmt: skip
 
 
@@ -1158,9 +1334,9 @@ def main(argv: list[str]) -> int:
     print(f"litedur benchmarks: {command.strip()}")
     print(f"machine: {machine()}; litedur {litedur.__version__} at {revision()}")
     print(f"load average (1, 5, 15 min): {load_before} before, {load_average()} after; {elapsed:.0f} s")
-    print(f"{args.repeat} round(s); durability {args.durability}; ratio: median / median of the raw figure named")
+    print(f"{args.repeat} round(s); durability {args.durability}; ratio: median / median of the figure named")
     print(
-        "targets: issue 6's and issue 3's; a throughput target is also shown as a ratio to raw, using the "
+        "targets: issue 6's, issue 3's and issue 11's; a throughput target is also shown as a ratio to raw, using the "
         f"{ISSUE_RAW_NORMAL:,} raw one-row commits/s that issue 6 measured when it set it"
     )
     print()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-WORKLOADS = ("RAW", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "IMPORT")
+WORKLOADS = ("RAW", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "IMPORT")
 
 
 def test_quick_benchmark_runs_every_workload(tmp_path: Path) -> None:
