@@ -813,7 +813,11 @@ class Engine(Client):
     ) -> queues.Queue:
         """Declare a durable queue (see `queues`): at most ``concurrency`` of its workflows run at once
         across every process on the file, ``worker_concurrency`` in one process, and ``limiter`` =
-        ``{"limit": n, "period": seconds}`` starts in any window of that length."""
+        ``{"limit": n, "period": seconds}`` starts in any window of that length.
+
+        The declaration is recorded in the file and every process takes work under the latest one,
+        so a worker started with new limits changes them for all.
+        """
         declaration = queues.check_queue(name, concurrency, worker_concurrency, limiter, priority_enabled)
         with self._lock:
             known = self._queues.get(name)

@@ -1243,12 +1243,20 @@ class SQLiteStorage:
         worker_concurrency, starts in the last rate_period < rate_limit. Lower priority first (if
         enabled), then first enqueued. Taken rows become PENDING here, their deadline starting now.
 
+        The limits are those recorded in the file (the latest declaration by any process), so every
+        process enforces the same ones; ``queue`` serves only where none is recorded.
+
         Returns ``(rows taken, when to try again)``: the epoch time at which a delayed workflow
         becomes available or the rate window frees a start, if that is what limits the queue now.
         """
         retry_at: float | None = None
         with self._write(f"take work from queue {queue.name!r}") as conn:
             now = time.time()  # once the write lock is held: a start is counted when it commits
+            recorded = conn.execute(
+                f"SELECT {', '.join(QueueRow._fields)} FROM queues WHERE name = ?", (queue.name,)
+            ).fetchall()
+            if recorded:
+                queue = QueueRow(*recorded[0])
             free = want
             if queue.concurrency is not None:
                 free = min(free, queue.concurrency - _count(conn, _RUNNING_IN_QUEUE, queue.name))
