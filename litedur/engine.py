@@ -520,7 +520,7 @@ class Engine(Client):
         workflow went to another executor) records nothing and raises why it stopped.
         """
         workflow_id = row.workflow_id
-        stopped = False
+        stopped = ended = False
         try:
             checkpoints, attempts = ({}, {}) if fresh else self._storage.load_checkpoints(workflow_id)
             interest = self._signals.interest(workflow_id)
@@ -535,7 +535,7 @@ class Engine(Client):
                 # If the error cannot be recorded either (the disk is still full, ...), the caller gets
                 # the first error, not that one, and the workflow stays PENDING for recovery.
                 with contextlib.suppress(DatabaseError):
-                    self._finish(run, "ERROR", error=self._codec.encode_error(exc))
+                    ended = self._finish(run, "ERROR", error=self._codec.encode_error(exc))
                 raise
             finally:
                 _current_run.reset(token)
@@ -543,22 +543,23 @@ class Engine(Client):
             try:
                 output = self._codec.encode(result)
             except SerializationError as exc:
-                self._finish(run, "ERROR", error=self._codec.encode_error(exc))
+                ended = self._finish(run, "ERROR", error=self._codec.encode_error(exc))
                 raise
-            if not self._finish(run, "SUCCESS", output=output):
+            ended = self._finish(run, "SUCCESS", output=output)
+            if not ended:
                 raise timers.stopped_error(self, run)
             return result
         except (WorkflowCancelledError, StaleRunError):
             stopped = True  # a resume while this run was stopping waited for it to leave
             raise
-        except BaseException:
-            self._own_orphans = True  # maybe unrecorded (a database error, a crash): look again
-            raise
         finally:
             self._forget_running(executor, workflow_id)  # once: then a new run of it may register
             self._feed.notify()
+            if not ended:  # maybe PENDING here and running nowhere (a crash, a database error, a resume)
+                self._own_orphans = True
             if stopped:
                 self._wake_recovery()
+            self._dispatcher.room_freed()
 
     def _wake_recovery(self) -> None:
         if self._recovery_interest is not None:
@@ -777,8 +778,8 @@ class Engine(Client):
                 continue
             if not own and liveness.is_alive(self.path, owner):
                 continue
-            if not own and owner is not None:  # queued work goes back to its queue, at its place
-                self._storage.requeue_workflows_of(owner)
+            if not own and owner is not None and self._storage.requeue_workflows_of(owner):
+                self._feed.signal([ANY_UNOWNED])  # queued work went back to its queue, at its place
             for workflow_id, name in self._storage.pending_workflows_of(owner):
                 spec = self._workflows.get(name)
                 if spec is None or not self._claim(spec, workflow_id, owner, executor):
@@ -833,12 +834,14 @@ class Engine(Client):
     def _enqueue(
         self, queue: Any, workflow_name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> WorkflowHandle:
-        return WorkflowHandle(self, queues.enqueue(self, queue, workflow_name, args, kwargs, timeout))
+        parent = self._body_run()
+        return WorkflowHandle(self, queues.enqueue(self, queue, workflow_name, args, kwargs, timeout, parent))
 
     def _room_for_work(self, most: int) -> int:
-        """How many more workflows this process should take now (a thread each, for sync ones)."""
-        executor = self._ensure_executor()
-        return max(0, min(most, self._max_workers - len(executor.running)))
+        """How many more workflows this process should take now: as many as its threads have slots for
+        (a run blocked in a durable wait, or an async run, takes none)."""
+        pool = self._pool
+        return most if pool is None else max(0, min(most, self._max_workers - pool.busy))
 
     def _start_dequeued(self, row: WorkflowRow) -> None:
         """Run a workflow the dispatcher just took from a queue (or give it up after too many recoveries)."""
@@ -849,6 +852,8 @@ class Engine(Client):
                 self._feed.signal([row.workflow_id, queues.queue_key(row.queue_name or "")])
             return
         with self._lock:
+            if row.workflow_id in executor.running:
+                return  # already run here (a recovery, or a run a resume let go on): not a second time
             executor.running[row.workflow_id] = None
         self._start_recovered(spec, row.workflow_id, executor)
 

@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import liveness, options
 from .errors import LitedurError, WorkflowConflictError
-from .storage import QueueRow, WorkflowRow
+from .storage import ANY_UNOWNED, QueueRow, StepRow, WorkflowRow
 
 if TYPE_CHECKING:
     from .client import Client, WorkflowHandle
-    from .engine import Engine
+    from .engine import Engine, _Run
 
+ENQUEUE_STEP = "litedur.enqueue"
 SAFETY_NET = 2.0  # seconds between looks at the queues when nothing rang
 BATCH = 256  # at most this many workflows taken per queue per look
 
@@ -120,19 +121,40 @@ def enqueue(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     default_timeout: float | None,
+    parent: _Run | None = None,
 ) -> str:
-    """Record an ENQUEUED workflow (or find the one with the chosen id); its id."""
+    """Record an ENQUEUED workflow (or find the one with the chosen id); its id.
+
+    From a workflow body (``parent``) it is a checkpoint, like a child's start: the id is derived
+    from the parent's (``"<parent id>-<position>"`` unless SetWorkflowID chose one), a replay
+    returns it and enqueues nothing, and the workflow is the parent's child (its cancel and its
+    deadline reach it).
+    """
     deduplication_id, priority, delay = options.enqueue_options()
     if priority is not None and not queue.priority_enabled:
         raise ValueError(f"queue {queue.name!r} does not take priorities (declare it with priority_enabled=True)")
     inputs = client._encode_inputs(args, kwargs)
+    checkpoint = None
+    if parent is not None:
+        position, recorded = parent.checkpoint(ENQUEUE_STEP)
+        if recorded is not None:
+            return client._decode(recorded.output_encoding, recorded.output)
+        chosen = options.chosen_workflow_id()
+        workflow_id = options.take_workflow_id() if chosen is not None else f"{parent.workflow_id}-{position}"
+        now = time.time()
+        checkpoint = StepRow(parent.workflow_id, position, ENQUEUE_STEP, *client._codec.encode(workflow_id),
+                             None, None, 1, now, now)  # fmt: skip
+    else:
+        workflow_id = options.take_workflow_id()
     now = time.time()
     row = WorkflowRow(
-        options.take_workflow_id(), workflow_name, "ENQUEUED", inputs[0], inputs[1], None, None, None, None,
-        None, 0, now, now, None, options.chosen_timeout(default_timeout), None, None,
+        workflow_id, workflow_name, "ENQUEUED", inputs[0], inputs[1], None, None, None, None,
+        None, 0, now, now, None if parent is None else parent.workflow_id, options.chosen_timeout(default_timeout),
+        None if parent is None else parent.deadline, None,
         queue.name, priority or 0, deduplication_id, None if not delay else now + delay,
     )  # fmt: skip
-    created, found = client._storage.enqueue_workflow(row)
+    executor = None if parent is None else parent.executor_id
+    created, found = client._storage.enqueue_workflow(row, checkpoint, executor)
     if not created and found.name != workflow_name:
         raise WorkflowConflictError(
             f"workflow id {row.workflow_id!r} already belongs to a workflow named {found.name!r}, not {workflow_name!r}"
@@ -164,7 +186,7 @@ class Dispatcher:
         with self._lock:
             if not self._queues:
                 return
-            keys = [queue_key(name) for name in self._queues]
+            keys = [queue_key(name) for name in self._queues] + [ANY_UNOWNED]  # + resumed and requeued work
             old, self._interest = self._interest, self._engine._signals.interest(*keys)
             self._interest.ring("hand-over")  # look at the queues at once
             self._stopping = False
@@ -174,6 +196,12 @@ class Dispatcher:
         if old is not None:
             old.ring("hand-over")
             old.close()
+
+    def room_freed(self) -> None:
+        """A run of this process ended: look at the queues again (its slot, or its thread, is free)."""
+        interest = self._interest
+        if interest is not None:
+            interest.ring("hand-over")
 
     def close(self) -> None:
         with self._lock:
@@ -222,4 +250,6 @@ class Dispatcher:
         for owner in engine._storage.running_executors(queue_name):
             if owner != engine.executor_id and not liveness.is_alive(engine.path, owner):
                 freed = bool(engine._storage.requeue_workflows_of(owner)) or freed
+        if freed:
+            engine._feed.signal([ANY_UNOWNED])  # the other processes' dispatchers too
         return freed

@@ -198,6 +198,11 @@ class WorkflowThreads:
                 name = f"{self._name}-{self._made}"
                 threading.Thread(target=self._work, args=(task,), name=name, daemon=True).start()
 
+    @property
+    def busy(self) -> int:
+        """Runs at work now (not counting those blocked in a durable wait)."""
+        return self._busy
+
     def _release(self) -> None:
         with self._lock:
             self._busy -= 1
@@ -218,10 +223,11 @@ class WorkflowThreads:
                 except BaseException as exc:
                     future.set_exception(exc)
             with self._lock:
-                if self._queue:
+                if self._queue and self._busy <= self._limit:  # not past the limit (a woken wait may be)
                     task = self._queue.popleft()
                     continue
                 self._busy -= 1
+                self._dispatch()
                 if self._closed:
                     return
                 parked.task = None
@@ -267,8 +273,11 @@ class AsyncRunner:
     def submit(self, coroutine: Awaitable[T]) -> Future[T]:
         """Run ``coroutine`` on the engine's loop; a future of its outcome."""
         import asyncio
+        import contextvars
 
-        return asyncio.run_coroutine_threadsafe(coroutine, self._ensure_loop())  # type: ignore[arg-type]
+        loop = self._ensure_loop()
+        # In a context of its own: a run started from a step or a `with` block must not inherit it.
+        return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coroutine, loop)  # type: ignore
 
     @property
     def thread(self) -> threading.Thread | None:

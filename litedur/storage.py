@@ -1203,13 +1203,19 @@ class SQLiteStorage:
         names = sorted(set(counts) | set(declared))
         return [(declared.get(name), counts.get(name, QueueCounts(name, 0, 0))) for name in names]
 
-    def enqueue_workflow(self, row: WorkflowRow) -> tuple[bool, WorkflowRow]:
+    def enqueue_workflow(
+        self, row: WorkflowRow, checkpoint: StepRow | None = None, executor_id: str | None = None
+    ) -> tuple[bool, WorkflowRow]:
         """Insert an ENQUEUED workflow unless its id exists: ``(created, the row)``, atomically.
 
         Raises DuplicateWorkflowError (writing nothing) when its deduplication id is held by an
-        ENQUEUED or PENDING workflow of the same queue.
+        ENQUEUED or PENDING workflow of the same queue. With ``checkpoint`` (an enqueue from a
+        workflow body), the parent's checkpoint commits with it, fenced on the parent's run.
         """
         with self._write(f"enqueue workflow {row.workflow_id!r}") as conn:
+            if checkpoint is not None:
+                _fence(conn, checkpoint.workflow_id, executor_id)
+                conn.execute(_INSERT_STEP, checkpoint)
             try:
                 conn.execute(_ENQUEUE_WORKFLOW, row)
             except apsw.ConstraintError:
@@ -1287,7 +1293,10 @@ class SQLiteStorage:
             ]
             taken = []
             for row in rows:
-                deadline = None if row.timeout is None else now + row.timeout
+                # The timeout starts at the first dequeue (a requeued workflow keeps its deadline), bounded
+                # by a deadline set at the enqueue (its parent's).
+                ends = [end for end in (row.deadline, None if row.timeout is None else now + row.timeout) if end]
+                deadline = min(ends) if ends else None
                 conn.execute(
                     "UPDATE workflows SET status = 'PENDING', executor_id = ?, deadline = ?, updated_at = ? "
                     "WHERE workflow_id = ?",

@@ -534,3 +534,42 @@ def test_bad_queue_input_gets_a_clear_error_and_leaves_the_file_unchanged(db, lo
     assert snapshot(db) == before
     with litedur.Client(db) as client:
         assert [info.name for info in client.list_queues()] == ["dedup", "plain", "single"]
+
+
+class _Crash(BaseException):
+    """Stands in for the process dying mid-workflow: nothing records it."""
+
+
+def test_an_enqueue_in_a_workflow_body_is_a_checkpoint_and_a_child(tmp_path, engines):
+    """Replayed after a crash, the parent's enqueue returns the same workflow and enqueues no second one;
+    the queued workflow is the parent's child (id "<parent>-<position>")."""
+    path = tmp_path / "enqueue.db"
+
+    def define(app: litedur.Engine, crash: bool):
+        jobs = app.queue("jobs")
+
+        @app.workflow(name="job")
+        def job(n: int) -> int:
+            return n * 3
+
+        @app.workflow(name="parent")
+        def parent() -> int:
+            handle = jobs.enqueue(job, 14)
+            if crash:
+                raise _Crash()
+            return handle.get_result()
+
+        return parent
+
+    first = engines(path)
+    parent = define(first, crash=True)
+    with litedur.SetWorkflowID("P"), pytest.raises(_Crash):
+        parent()
+    first.shutdown(timeout=10)
+    second = engines(path)
+    define(second, crash=False)
+    second.launch()
+    assert second.retrieve_workflow("P").get_result(timeout=20) == 42
+    assert [w.workflow_id for w in second.list_workflows(name="job")] == ["P-0"]
+    assert second.get_status("P-0").parent_id == "P"
+    assert [s.name for s in second.list_steps("P")] == ["litedur.enqueue", "litedur.get_result"]
