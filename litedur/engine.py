@@ -245,6 +245,11 @@ class Engine(Client):
                 run = self._body_run()
                 if run is None:  # outside a workflow, or inside a step: a plain call
                     return fn(*args, **kwargs)
+                if is_async and not run.is_async:
+                    raise LitedurError(
+                        f"async step {policy.name!r} called from the sync workflow {run.workflow_id!r}: "
+                        "call async steps from an async def workflow (or make the step sync)"
+                    )
                 plan = self._step_plan(run, run.take_position(), policy)  # the position now, in call order
                 if is_async:
                     return runner.run_async(plan, lambda: fn(*args, **kwargs))  # type: ignore[return-value]
