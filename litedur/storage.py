@@ -415,6 +415,16 @@ class SQLiteStorage:
         workflows share commits, and a caller alone pays one autocommitted statement. Every caller
         returns only once its statement is committed.
         """
+        if not self._grouped and self._write_lock.acquire(blocking=False):
+            try:  # nobody else writing or waiting: the statement alone, autocommitted
+                if not self._grouped:
+                    conn = self._writer()
+                    conn.execute(statement, params)
+                    return conn.changes()
+            except apsw.Error as exc:
+                raise self._database_error(what, exc) from exc
+            finally:
+                self._write_lock.release()
         mine = _GroupedWrite(statement, params)
         with self._grouped_lock:
             self._grouped.append(mine)
