@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextvars
 import os
+from typing import Any, TypeVar
 
 from .timers import check_timeout
+
+Self = TypeVar("Self", bound="_BlockOption")
 
 _next_workflow_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "litedur_next_workflow_id", default=None
@@ -17,25 +20,37 @@ _enqueue: contextvars.ContextVar[tuple[str | None, int | None, float | None]] = 
 )
 
 
-class SetWorkflowID:
+class _BlockOption:
+    """Sets a context variable for the ``with`` block (and back after it)."""
+
+    _variable: contextvars.ContextVar[Any]
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+        self._token: contextvars.Token[Any] | None = None
+
+    def __enter__(self: Self) -> Self:
+        self._token = self._variable.set(self._value)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        self._variable.reset(self._token)
+
+
+class SetWorkflowID(_BlockOption):
     """``with SetWorkflowID("id"):`` gives the next workflow started, called or forked in the block that id."""
+
+    _variable = _next_workflow_id
 
     def __init__(self, workflow_id: str) -> None:
         if not isinstance(workflow_id, str) or not workflow_id:
             raise TypeError(f"workflow id must be a non-empty str, not {workflow_id!r}")
         self.workflow_id = workflow_id
-        self._token: contextvars.Token[str | None] | None = None
-
-    def __enter__(self) -> SetWorkflowID:
-        self._token = _next_workflow_id.set(self.workflow_id)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        assert self._token is not None
-        _next_workflow_id.reset(self._token)
+        super().__init__(workflow_id)
 
 
-class SetWorkflowTimeout:
+class SetWorkflowTimeout(_BlockOption):
     """``with SetWorkflowTimeout(seconds):`` gives every workflow started or called in the block a
     durable deadline ``seconds`` after its start (None: no timeout), instead of ``@workflow(timeout=)``.
 
@@ -43,20 +58,14 @@ class SetWorkflowTimeout:
     passes, the workflow and its children are cancelled (reason in ``get_status().cancel_reason``).
     """
 
+    _variable = _timeout
+
     def __init__(self, seconds: float | None) -> None:
         self.seconds = check_timeout(seconds, "workflow timeout")
-        self._token: contextvars.Token[float | None | object] | None = None
-
-    def __enter__(self) -> SetWorkflowTimeout:
-        self._token = _timeout.set(self.seconds)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        assert self._token is not None
-        _timeout.reset(self._token)
+        super().__init__(self.seconds)
 
 
-class SetEnqueueOptions:
+class SetEnqueueOptions(_BlockOption):
     """``with SetEnqueueOptions(deduplication_id=None, priority=None, delay_seconds=None):`` for every
     enqueue in the block.
 
@@ -64,6 +73,8 @@ class SetEnqueueOptions:
     raises DuplicateWorkflowError naming it; a lower priority is taken first (queues declared with
     priority_enabled); a delayed workflow waits, durably, that long before it can be taken.
     """
+
+    _variable = _enqueue
 
     def __init__(
         self, *, deduplication_id: str | None = None, priority: int | None = None, delay_seconds: float | None = None
@@ -73,15 +84,7 @@ class SetEnqueueOptions:
         if priority is not None and (type(priority) is not int or priority < 0):
             raise ValueError(f"priority must be an int >= 0 or None, not {priority!r}")
         self.options = (deduplication_id, priority, check_timeout(delay_seconds, "delay_seconds"))
-        self._token: contextvars.Token[tuple[str | None, int | None, float | None]] | None = None
-
-    def __enter__(self) -> SetEnqueueOptions:
-        self._token = _enqueue.set(self.options)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        assert self._token is not None
-        _enqueue.reset(self._token)
+        super().__init__(self.options)
 
 
 def enqueue_options() -> tuple[str | None, int | None, float | None]:

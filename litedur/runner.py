@@ -69,67 +69,57 @@ def refuse_on_loop(what: str, instead: str) -> None:
         raise LitedurError(f"{what} would block this thread's event loop; use `await {instead}` in async code")
 
 
+def _advance(plan: Plan[T], reply: Any, error: BaseException | None) -> tuple[bool, Any]:
+    """Hand the plan what its last request gave (a reply, or an error it decides about: retry,
+    record, or let through): ``(True, its result)`` once it ends, else ``(False, its next request)``."""
+    try:
+        request = plan.throw(error) if error is not None else plan.send(reply)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, request
+
+
 def run_sync(plan: Plan[T], body: Callable[[], Any] | None = None) -> T:
     """Carry out a plan in this thread, blocking for its sleeps and waits."""
-    try:
-        request = next(plan)
-    except StopIteration as stop:  # decided at once (a replay, a message already there)
-        return stop.value
-    while True:
+    done, value = _advance(plan, None, None)
+    while not done:
+        reply, error = None, None
         try:
-            if request is CALL:
+            if value is CALL:
                 assert body is not None
                 reply = body()
-            elif isinstance(request, Sleep):
-                time.sleep(request.seconds)
-                reply = None
+            elif isinstance(value, Sleep):
+                time.sleep(value.seconds)
             else:
                 with _waiting():
-                    request.interest.wait(request.deadline)
-                reply = None
-        except BaseException as exc:  # the plan decides: retry, record, or let it through
-            try:
-                request = plan.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            continue
-        try:
-            request = plan.send(reply)
-        except StopIteration as stop:
-            return stop.value
+                    value.interest.wait(value.deadline)
+        except BaseException as exc:
+            error = exc
+        done, value = _advance(plan, reply, error)
+    return value
 
 
 async def run_async(plan: Plan[T], body: Callable[[], Any] | None = None) -> T:
     """Carry out a plan in the running loop: awaits its sleeps and waits, never blocks."""
     import asyncio
 
-    try:
-        request = next(plan)
-    except StopIteration as stop:
-        return stop.value
-    while True:
+    done, value = _advance(plan, None, None)
+    while not done:
+        reply, error = None, None
         try:
-            if request is CALL:
+            if value is CALL:
                 assert body is not None
                 reply = body()
                 if isinstance(reply, Awaitable):
                     reply = await reply
-            elif isinstance(request, Sleep):
-                await asyncio.sleep(request.seconds)
-                reply = None
+            elif isinstance(value, Sleep):
+                await asyncio.sleep(value.seconds)
             else:
-                await request.interest.wait_async(request.deadline)
-                reply = None
+                await value.interest.wait_async(value.deadline)
         except BaseException as exc:
-            try:
-                request = plan.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            continue
-        try:
-            request = plan.send(reply)
-        except StopIteration as stop:
-            return stop.value
+            error = exc
+        done, value = _advance(plan, reply, error)
+    return value
 
 
 def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
