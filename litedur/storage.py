@@ -457,14 +457,21 @@ class SQLiteStorage:
                 try:
                     conn.execute(write.statement, write.params)
                     write.changes = conn.changes()
-                except apsw.ConstraintError as exc:  # undone alone: the others go on
+                except Exception as exc:  # this statement alone is undone: its caller gets the error
                     write.error = exc
+                    if conn.get_autocommit():  # unless SQLite ended the transaction: then it fails for all
+                        raise
             conn.execute("COMMIT")
         except BaseException as exc:
-            if not conn.get_autocommit():
-                conn.execute("ROLLBACK")
-            for write in batch:
-                write.error = write.error or exc
+            try:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+            finally:
+                for write in batch:
+                    write.changes = 0
+                    write.error = write.error or exc
+                    write.done = True
+            return
         for write in batch:
             write.done = True
 

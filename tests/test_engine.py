@@ -1002,3 +1002,31 @@ def test_a_step_or_workflow_result_that_cannot_be_stored_fails_the_workflow_clea
         result_handle.get_result(timeout=10)
     status = app.get_status("bad-result")
     assert status.status == "ERROR" and status.output is None
+
+
+def test_a_grouped_commit_keeps_one_callers_error_to_that_caller(tmp_path):
+    """Writes queued behind the write lock commit together; a statement that fails (here: a str that
+    cannot be encoded as UTF-8) is undone alone, and the others land."""
+    from litedur.storage import SQLiteStorage
+
+    storage = SQLiteStorage(tmp_path / "group.db")
+    outcomes: dict[str, object] = {}
+
+    def create(workflow_id: str, inputs: str) -> None:
+        try:
+            outcomes[workflow_id] = storage.create_workflow(workflow_id, "wf", (0, inputs), "executor")[0]
+        except Exception as exc:
+            outcomes[workflow_id] = type(exc).__name__
+
+    try:
+        with storage._write_lock:  # someone is writing: both callers queue for one commit
+            threads = [threading.Thread(target=create, args=args) for args in (("good", "ok"), ("bad", "\ud800"))]
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: len(storage._grouped) == 2)
+        for thread in threads:
+            thread.join(10)
+        assert outcomes == {"good": True, "bad": "UnicodeEncodeError"}
+        assert storage.get_workflow("good") is not None and storage.get_workflow("bad") is None
+    finally:
+        storage.close()
