@@ -717,9 +717,9 @@ class SQLiteStorage:
         return True
 
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
-        """One workflow's row, or None."""
-        with self._read(f"read workflow {workflow_id!r}") as conn:
-            return _fetch_workflow(conn, workflow_id)
+        """One workflow's row, or None (one statement: its own snapshot, no transaction to open)."""
+        with self._translate_errors(f"read workflow {workflow_id!r}"):
+            return _fetch_workflow(self._connection(), workflow_id)
 
     def workflow_state(self, workflow_id: str) -> WorkflowState | None:
         """Status, owner, deadline and cancel reason of a workflow in one cheap read; None if absent.
