@@ -73,7 +73,6 @@ class _Run:
     attempts_so_far: dict[int, int]
     interest: Interest  # rung when the workflow changes (a cancel, a message): then check_running reads it
     deadline: float | None = None  # epoch seconds: the workflow is cancelled when it passes
-    timeout: float | None = None
     is_async: bool = False
     queue_name: str | None = None
     next_position: int = 0
@@ -91,18 +90,20 @@ class _Run:
         return position
 
     def checkpoint(self, name: str) -> tuple[int, StepRow | None]:
-        """Take the next position for the durable operation ``name``: ``(position, its record or None)``.
-
-        A record of another operation there means the body is not deterministic.
-        """
+        """Take the next position for the durable operation ``name``: ``(position, its record or None)``."""
         position = self.take_position()
+        return position, self.recorded_at(position, name)
+
+    def recorded_at(self, position: int, name: str) -> StepRow | None:
+        """The record of ``name`` at ``position``, if any; one of another operation there means the
+        body is not deterministic."""
         recorded = self.checkpoints.get(position)
         if recorded is not None and recorded.name != name:
             raise NonDeterminismError(
                 f"workflow {self.workflow_id!r} called {name!r} at position {position}, "
                 f"but the recorded run called {recorded.name!r} there"
             )
-        return position, recorded
+        return recorded
 
 
 @dataclass
@@ -345,20 +346,29 @@ class Engine(Client):
         parent = self._body_run()
         if parent is not None:
             return WorkflowHandle(self, management.start_child(self, parent, spec, args, kwargs))
-        return self._start(spec, args, kwargs)
+        return WorkflowHandle(self, self._start(spec, args, kwargs))
 
     async def start_workflow_async(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> WorkflowHandle:
         """`start_workflow` for async code (recording the start is one short commit)."""
         return self.start_workflow(fn, *args, **kwargs)
 
-    def _start(self, spec: _WorkflowSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> WorkflowHandle:
-        workflow_id = options.take_workflow_id()
-        created, row, executor = self._create(spec, workflow_id, args, kwargs)
+    def _start(
+        self,
+        spec: _WorkflowSpec,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        workflow_id: str | None = None,
+        parent: _Run | None = None,
+        checkpoint: StepRow | None = None,
+    ) -> str:
+        """Record a workflow and run it in the background (or adopt the one with its id); its id."""
+        workflow_id = workflow_id or options.take_workflow_id()
+        created, row, executor = self._create(spec, workflow_id, args, kwargs, parent, checkpoint)
         if created:
             self._submit(spec, row, args, kwargs, executor, fresh=True)
         elif self._adopt(spec, row, executor):
             self._start_recovered(spec, workflow_id, executor)
-        return WorkflowHandle(self, workflow_id)
+        return workflow_id
 
     def _call_workflow(self, spec: _WorkflowSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A direct call: run the workflow durably in this thread (or wait for the run that has its id)."""
@@ -381,7 +391,7 @@ class Engine(Client):
         return call()
 
     def _call_id(self, parent: _Run | None) -> str:
-        if parent is not None and options.chosen_workflow_id() is None:
+        if parent is not None and options.chosen_workflow_id() is None:  # a chosen id takes no position
             return management.child_id(parent, parent.take_position())
         return options.take_workflow_id()
 
@@ -531,7 +541,7 @@ class Engine(Client):
             interest = self._signals.interest(workflow_id)
             interest.ring("hand-over")  # a cancel may have come before the interest: read the status once
             run = _Run(self, workflow_id, executor.executor_id, checkpoints, attempts, interest, row.deadline,
-                       row.timeout, is_async, row.queue_name, has_streams=not fresh)  # fmt: skip
+                       is_async, row.queue_name, has_streams=not fresh)  # fmt: skip
             token = _current_run.set(run)
             try:
                 timers.start_run(self, run)
@@ -606,9 +616,9 @@ class Engine(Client):
         """The step at ``position``. Replay rule: a recorded output is returned (a recorded error
         raised) and the body does not run; else attempts run (with retries after ``interval *
         backoff**n`` s) until one returns, and its output (or the last error) is recorded."""
-        recorded = run.checkpoints.get(position)
+        recorded = run.recorded_at(position, policy.name)
         if recorded is not None:
-            return self._replay(run, position, recorded, policy.name)
+            return self._recorded_outcome(recorded)
         started = time.time()
         first_attempt = run.attempts_so_far.get(position, 0) + 1
         for number in range(policy.max_attempts):
@@ -637,14 +647,6 @@ class Engine(Client):
             self._record_step(run, position, policy.name, attempt, started, output=output)
             return result
         raise AssertionError("unreachable")
-
-    def _replay(self, run: _Run, position: int, recorded: StepRow, name: str) -> Any:
-        if recorded.name != name:
-            raise NonDeterminismError(
-                f"workflow {run.workflow_id!r} called {name!r} at position {position}, "
-                f"but the recorded run called {recorded.name!r} there"
-            )
-        return self._recorded_outcome(recorded)
 
     def _recorded_outcome(self, recorded: StepRow) -> Any:
         """A checkpoint's recorded output, or its recorded exception raised again."""
@@ -707,10 +709,8 @@ class Engine(Client):
 
     def _write_checkpoint(self, run: _Run, key: str, encoded: tuple[int, Any]) -> None:
         name = f"{WRITE_STREAM_STEP}:{key}"
-        position = run.take_position()
-        recorded = run.checkpoints.get(position)
+        position, recorded = run.checkpoint(name)
         if recorded is not None:
-            self._replay(run, position, recorded, name)
             return
         self._flush_stream_writes(run)
         now = time.time()

@@ -69,7 +69,10 @@ def fork(client: Client, workflow_id: str, start_step: int) -> str:
 
 
 def child_id(parent: _Run, position: int) -> str:
-    """The id of the child a parent starts at ``position``: the same on every replay."""
+    """The id of the child a parent starts at ``position``: the same on every replay (unless a
+    SetWorkflowID block chose one, which this takes)."""
+    if options.chosen_workflow_id() is not None:
+        return options.take_workflow_id()
     return f"{parent.workflow_id}-{position}"
 
 
@@ -78,17 +81,11 @@ def start_child(engine: Engine, parent: _Run, spec: _WorkflowSpec, args: Any, kw
     position, recorded = parent.checkpoint(START_CHILD_STEP)
     if recorded is not None:
         return engine._recorded_outcome(recorded)
-    chosen = options.chosen_workflow_id()
-    workflow_id = options.take_workflow_id() if chosen is not None else child_id(parent, position)
+    workflow_id = child_id(parent, position)
     now = time.time()
     encoding, text = engine._codec.encode(workflow_id)
     checkpoint = StepRow(parent.workflow_id, position, START_CHILD_STEP, encoding, text, None, None, 1, now, now)
-    created, row, executor = engine._create(spec, workflow_id, args, kwargs, parent, checkpoint)
-    if created:
-        engine._submit(spec, row, args, kwargs, executor, fresh=True)
-    elif engine._adopt(spec, row, executor):
-        engine._start_recovered(spec, workflow_id, executor)
-    return workflow_id
+    return engine._start(spec, args, kwargs, workflow_id, parent, checkpoint)
 
 
 def await_child(engine: Engine, parent: _Run, workflow_id: str, timeout: float | None) -> Plan[Any]:

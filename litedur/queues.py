@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import liveness, options
+from . import liveness, management, options
 from .errors import LitedurError, WorkflowConflictError
 from .storage import ANY_UNOWNED, QueueRow, StepRow, WorkflowRow
 
@@ -134,19 +134,17 @@ def enqueue(
     if priority is not None and not queue.priority_enabled:
         raise ValueError(f"queue {queue.name!r} does not take priorities (declare it with priority_enabled=True)")
     inputs = client._encode_inputs(args, kwargs)
+    now = time.time()
     checkpoint = None
     if parent is not None:
         position, recorded = parent.checkpoint(ENQUEUE_STEP)
         if recorded is not None:
             return client._decode(recorded.output_encoding, recorded.output)
-        chosen = options.chosen_workflow_id()
-        workflow_id = options.take_workflow_id() if chosen is not None else f"{parent.workflow_id}-{position}"
-        now = time.time()
+        workflow_id = management.child_id(parent, position)
         checkpoint = StepRow(parent.workflow_id, position, ENQUEUE_STEP, *client._codec.encode(workflow_id),
                              None, None, 1, now, now)  # fmt: skip
     else:
         workflow_id = options.take_workflow_id()
-    now = time.time()
     row = WorkflowRow(
         workflow_id, workflow_name, "ENQUEUED", inputs[0], inputs[1], None, None, None, None,
         None, 0, now, now, None if parent is None else parent.workflow_id, options.chosen_timeout(default_timeout),

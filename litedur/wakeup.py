@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from .errors import DatabaseError
-from .runner import Plan, Wait, run_sync
+from .runner import Plan, Wait
 
 T = TypeVar("T")
 
@@ -452,12 +452,6 @@ class WorkflowSignals:
                 if deadline is not None and time.monotonic() >= deadline:
                     return False, None
                 yield Wait(interest, deadline)
-
-    def wait_for(
-        self, workflow_ids: tuple[str, ...], check: Callable[[], tuple[bool, T]], deadline: float | None
-    ) -> tuple[bool, T | None]:
-        """`wait_plan`, blocking this thread."""
-        return run_sync(self.wait_plan(workflow_ids, check, deadline))
 
     def close(self) -> None:
         """Stop the watcher thread and release its descriptors; waits still blocked raise DatabaseError."""

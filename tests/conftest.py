@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+
 import pytest
+from support import SideEffectLog, kill
 
 import litedur
 
@@ -20,3 +24,20 @@ def engines():
     yield make
     for app in made:
         app.shutdown(timeout=10)
+
+
+@pytest.fixture
+def log(tmp_path) -> SideEffectLog:
+    """A side-effect log that survives SIGKILL (one line per effect)."""
+    return SideEffectLog(tmp_path / "effects.log")
+
+
+@pytest.fixture
+def children():
+    """Child processes a test started: killed at its end if still running (resumed first if stopped)."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+        kill(process)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +69,32 @@ class SideEffectLog:
 
     def count(self, line: str) -> int:
         return self.lines().count(line)
+
+
+class StreamReaderThread(threading.Thread):
+    """A reader thread of this process: collects a stream's values until it ends; `result` returns them."""
+
+    def __init__(self, client: Any, workflow_id: str, key: str, start: int = 0, timeout: float = 30) -> None:
+        super().__init__(daemon=True)
+        self.stream = client.read_stream(workflow_id, key, start=start, timeout=timeout)
+        self.polling = self.stream._waiter.polling  # how it waits (a reader that ended lets go of its watch)
+        self.values: list = []
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            for value in self.stream:
+                self.values.append(value)
+        except BaseException as exc:  # re-raised in the test's thread by result()
+            self.error = exc
+
+    def result(self, timeout: float = 60) -> list:
+        self.join(timeout)
+        assert not self.is_alive(), f"reader still waiting after {timeout} s with {len(self.values)} values"
+        if self.error is not None:
+            raise self.error
+        return self.values
 
 
 def stream_entries(db_path: str | Path, workflow_id: str, key: str) -> list[tuple[int, Any, int, int]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -301,14 +300,6 @@ def test_gathered_async_steps_take_positions_in_call_order_and_replay_there(db, 
 
 
 # ---- recovery after SIGKILL in another process ------------------------------------------------------
-
-
-@pytest.fixture
-def children():
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        kill(process)
 
 
 def test_async_workflow_killed_mid_gather_is_recovered_by_another_process(db, tmp_path, children):

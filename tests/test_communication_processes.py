@@ -21,7 +21,7 @@ import time
 
 import apsw
 import pytest
-from support import SideEffectLog, finish, kill, spawn, stream_entries, wait_until
+from support import SideEffectLog, StreamReaderThread, finish, kill, spawn, stream_entries, wait_until
 
 import litedur
 
@@ -34,19 +34,6 @@ def db(tmp_path, monkeypatch):
     path = str(tmp_path / "comm.db")
     litedur.Engine(path).close()  # the file exists before any child or client opens it
     return path
-
-
-@pytest.fixture
-def log(tmp_path):
-    return SideEffectLog(tmp_path / "effects.log")
-
-
-@pytest.fixture
-def children():
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        kill(process)
 
 
 @pytest.fixture
@@ -379,29 +366,7 @@ def test_cross_process_waits_are_woken_by_the_signal_file_in_both_directions(db,
 TICKS = 120
 
 
-class Reader(threading.Thread):
-    """A reader thread of this process: collects a stream's values until it ends."""
-
-    def __init__(self, client: litedur.Client, workflow_id: str, key: str, start: int = 0) -> None:
-        super().__init__(daemon=True)
-        self.stream = client.read_stream(workflow_id, key, start=start, timeout=30)
-        self.values: list = []
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            for value in self.stream:
-                self.values.append(value)
-        except BaseException as exc:  # re-raised in the test's thread by result()
-            self.error = exc
-
-    def result(self, timeout: float = 30) -> list:
-        self.join(timeout)
-        assert not self.is_alive(), f"reader still waiting after {timeout} s with {len(self.values)} values"
-        if self.error is not None:
-            raise self.error
-        return self.values
+Reader = StreamReaderThread
 
 
 def test_cancel_ends_an_attached_reader_and_stops_the_writer_then_resume_delivers_the_rest(db, log, children, client):

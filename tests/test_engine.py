@@ -75,11 +75,6 @@ def db(tmp_path):
     return tmp_path / "engine.db"
 
 
-@pytest.fixture
-def log(tmp_path):
-    return SideEffectLog(tmp_path / "effects.log")
-
-
 def same(a, b) -> bool:
     """Equal, and of exactly the same types all the way down."""
     if type(a) is not type(b):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import SideEffectLog, stream_entries, wait_until
+from support import stream_entries, wait_until
 from test_communication import file_digest
 
 import litedur
@@ -16,11 +16,6 @@ import litedur
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "manage.db"
-
-
-@pytest.fixture
-def log(tmp_path: Path) -> SideEffectLog:
-    return SideEffectLog(tmp_path / "effects.log")
 
 
 @pytest.fixture

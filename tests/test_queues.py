@@ -45,21 +45,6 @@ def db(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def log(tmp_path):
-    return SideEffectLog(tmp_path / "effects.log")
-
-
-@pytest.fixture
-def children():
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)  # in case a test left it stopped
-        kill(process)
-
-
-@pytest.fixture
 def client(db):
     with litedur.Client(db) as opened:
         yield opened

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 
 import pytest
-from support import finish, kill, spawn, stream_entries, wait_until
+from support import StreamReaderThread, finish, kill, spawn, stream_entries, wait_until
 
 import litedur
 
@@ -37,38 +36,8 @@ def db(tmp_path):
     return path
 
 
-@pytest.fixture
-def children():
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        kill(process)
-
-
-class Reader(threading.Thread):
-    """A reader thread of this process: collects the stream's values until it ends."""
-
-    def __init__(self, client: litedur.Client, workflow_id: str, start: int = 0) -> None:
-        super().__init__(daemon=True)
-        self.stream = client.read_stream(workflow_id, KEY, start=start, timeout=30)
-        self.polling = self.stream._waiter.polling  # how it waits (a reader that ended lets go of its watch)
-        self.values: list = []
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            for value in self.stream:
-                self.values.append(value)
-        except BaseException as exc:  # re-raised in the test's thread by result()
-            self.error = exc
-
-    def result(self, timeout: float = 60) -> list:
-        self.join(timeout)
-        assert not self.is_alive(), f"reader still waiting after {timeout} s with {len(self.values)} values"
-        if self.error is not None:
-            raise self.error
-        return self.values
+def Reader(client, workflow_id: str, start: int = 0) -> StreamReaderThread:
+    return StreamReaderThread(client, workflow_id, KEY, start=start)
 
 
 class ReaderProcess:
