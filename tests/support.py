@@ -71,13 +71,13 @@ class SideEffectLog:
         return self.lines().count(line)
 
 
-class StreamReaderThread(threading.Thread):
-    """A reader thread of this process: collects a stream's values until it ends; `result` returns them."""
+class ReaderThread(threading.Thread):
+    """Reads a stream to its end in a thread; `result` returns what it got or re-raises its error."""
 
-    def __init__(self, client: Any, workflow_id: str, key: str, start: int = 0, timeout: float = 30) -> None:
+    def __init__(self, stream: Any) -> None:
         super().__init__(daemon=True)
-        self.stream = client.read_stream(workflow_id, key, start=start, timeout=timeout)
-        self.polling = self.stream._waiter.polling  # how it waits (a reader that ended lets go of its watch)
+        self.stream = stream
+        self.polling = stream._waiter.polling  # how it waits (a reader that ended lets go of its watch)
         self.values: list = []
         self.error: BaseException | None = None
         self.start()

@@ -21,7 +21,7 @@ import time
 
 import apsw
 import pytest
-from support import SideEffectLog, StreamReaderThread, finish, kill, spawn, stream_entries, wait_until
+from support import ReaderThread, SideEffectLog, finish, kill, spawn, stream_entries, wait_until
 
 import litedur
 
@@ -366,7 +366,8 @@ def test_cross_process_waits_are_woken_by_the_signal_file_in_both_directions(db,
 TICKS = 120
 
 
-Reader = StreamReaderThread
+def start_reader(client, workflow_id: str, key: str, start: int = 0) -> ReaderThread:
+    return ReaderThread(client.read_stream(workflow_id, key, start=start, timeout=30))
 
 
 def test_cancel_ends_an_attached_reader_and_stops_the_writer_then_resume_delivers_the_rest(db, log, children, client):
@@ -375,7 +376,7 @@ def test_cancel_ends_an_attached_reader_and_stops_the_writer_then_resume_deliver
     lets the launched worker finish, and a reader from the old offset gets exactly the rest."""
     first = start(children, "comm_ticker.py", db, log.path, "start", TICKS)
     wait_until(lambda: exists(client, "ticker"))
-    reader = Reader(client, "ticker", "ticks")
+    reader = start_reader(client, "ticker", "ticks")
     wait_until(lambda: len(reader.values) >= 10)
     sigkill(first)
     killed_with = len(stream_entries(db, "ticker", "ticks"))
@@ -400,7 +401,7 @@ def test_cancel_ends_an_attached_reader_and_stops_the_writer_then_resume_deliver
 
     resumed_at = time.monotonic()
     client.resume_workflow("ticker")  # the launched worker picks it up at once (woken, not its 2 s round)
-    rest = Reader(client, "ticker", "ticks", start=reader.stream.offset)  # where the first reader stopped
+    rest = start_reader(client, "ticker", "ticks", start=reader.stream.offset)  # where the first reader stopped
     wait_until(lambda: client.get_status("ticker").executor_id is not None)
     assert time.monotonic() - resumed_at < 1.0
     assert rest.result() == list(range(at_cancel, TICKS))  # no gap, no duplicate

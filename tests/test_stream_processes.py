@@ -12,7 +12,7 @@ import json
 import subprocess
 
 import pytest
-from support import StreamReaderThread, finish, kill, spawn, stream_entries, wait_until
+from support import ReaderThread, finish, kill, spawn, stream_entries, wait_until
 
 import litedur
 
@@ -36,8 +36,8 @@ def db(tmp_path):
     return path
 
 
-def Reader(client, workflow_id: str, start: int = 0) -> StreamReaderThread:
-    return StreamReaderThread(client, workflow_id, KEY, start=start)
+def start_reader(client, workflow_id: str, start: int = 0) -> ReaderThread:
+    return ReaderThread(client.read_stream(workflow_id, KEY, start=start, timeout=30))
 
 
 class ReaderProcess:
@@ -101,7 +101,7 @@ def client_for(db, wait_mode):
         client.close()
 
 
-def check_wait_path(reader: Reader, wait_mode: str) -> None:
+def check_wait_path(reader: ReaderThread, wait_mode: str) -> None:
     """The forced fallback really polls, and "auto" really waits on file-change notification."""
     assert reader.polling is (wait_mode == "poll")
 
@@ -117,7 +117,7 @@ def stream_state(client: litedur.Client, workflow_id: str) -> tuple[int, bool, s
 def test_reader_gets_every_value_in_order_from_a_writer_in_another_process(db, wait_mode, children, client_for):
     writer = start_writer(children, db, "live", "body", STREAM_PACE=0.0005)
     client = client_for("live")
-    reader = Reader(client, "live")
+    reader = start_reader(client, "live")
     assert reader.result() == list(range(N))
     assert finish(writer) == 0
     assert client.retrieve_workflow("live").get_result(timeout=10) == N
@@ -142,7 +142,7 @@ def killed_writer(db, wait_mode, children, client_for, tmp_path):
         gates = {0: go, 3 * N // 4: tmp_path / "never"}
         writer = start_writer(children, db, workflow_id, mode, gates=gates, STREAM_PACE=0.0005)
         client = client_for(workflow_id)
-        reader = Reader(client, workflow_id)
+        reader = start_reader(client, workflow_id)
         other = ReaderProcess(children, db, workflow_id).ready()
         assert other.polling is (wait_mode == "poll")
         go.touch()  # both readers wait: the writer starts
@@ -204,7 +204,7 @@ def test_twenty_reader_threads_and_four_reader_processes_all_get_the_full_sequen
     writer = start_writer(children, db, "many", "step-resume", gates={N // 2: gate}, STREAM_PACE=0.0002)
     client = client_for("many")
     processes = [ReaderProcess(children, db, "many") for _ in range(4)]
-    threads = [Reader(client, "many") for _ in range(20)]
+    threads = [start_reader(client, "many") for _ in range(20)]
     for process in processes:
         process.ready()
     wait_until(lambda: all(len(thread.values) == N // 2 for thread in threads))
@@ -224,9 +224,9 @@ def test_a_workflow_that_raises_after_writing_ends_every_reader_and_is_error(
     gate = tmp_path / "gate"
     writer = start_writer(children, db, "raising", "raise", 50, gates={25: gate})
     client = client_for("raising")
-    thread = Reader(client, "raising")
+    thread = start_reader(client, "raising")
     process = ReaderProcess(children, db, "raising").ready()
-    late = Reader(client, "raising", start=40)
+    late = start_reader(client, "raising", start=40)
     wait_until(lambda: len(thread.values) == 25)
     gate.touch()
     assert thread.result() == list(range(50))

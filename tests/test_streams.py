@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from support import stream_entries, wait_until
+from support import ReaderThread, stream_entries, wait_until
 
 import litedur
 
@@ -42,31 +42,6 @@ def app(db):
     engine.launch()
     yield engine
     engine.shutdown(timeout=10)
-
-
-class ReaderThread(threading.Thread):
-    """Reads a stream to its end in a thread; `result` returns what it got or re-raises its error."""
-
-    def __init__(self, stream) -> None:
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.values: list = []
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            for value in self.stream:
-                self.values.append(value)
-        except BaseException as exc:  # re-raised in the test's thread by result()
-            self.error = exc
-
-    def result(self, timeout: float = 20) -> list:
-        self.join(timeout)
-        assert not self.is_alive(), f"reader still waiting after {timeout} s, got {self.values}"
-        if self.error is not None:
-            raise self.error
-        return self.values
 
 
 def read_all(reader_source, workflow_id: str, key: str, start: int = 0) -> list:
