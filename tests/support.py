@@ -70,6 +70,10 @@ class SideEffectLog:
     def count(self, line: str) -> int:
         return self.lines().count(line)
 
+    def words_after(self, prefix: str) -> list[list[str]]:
+        """The lines that start with ``prefix``, split into words after it."""
+        return [line[len(prefix) :].split() for line in self.lines() if line.startswith(prefix)]
+
 
 class ReaderThread(threading.Thread):
     """Reads a stream to its end in a thread; `result` returns what it got or re-raises its error."""

@@ -49,11 +49,6 @@ def start(children: list, script: str, *args: object) -> subprocess.Popen:
     return process
 
 
-def logged(log: SideEffectLog, prefix: str) -> list[list[str]]:
-    """The log lines that start with ``prefix``, split into words after it."""
-    return [line[len(prefix) :].split() for line in log.lines() if line.startswith(prefix)]
-
-
 def logged_result(log: SideEffectLog) -> object:
     """The decoded ``result JSON`` line a worker logged (exactly one)."""
     [line] = [line for line in log.lines() if line.startswith("result ")]
@@ -64,7 +59,7 @@ def wait_for_lines(log: SideEffectLog, prefix: str, process: subprocess.Popen, c
     """Wait until ``count`` lines start with ``prefix``; fail at once if the child exits first."""
 
     def seen() -> list[list[str]] | None:
-        found = logged(log, prefix)
+        found = log.words_after(prefix)
         if len(found) >= count:
             return found
         if process.poll() is not None:
@@ -145,7 +140,7 @@ def test_each_message_is_received_exactly_once_in_fifo_order_across_a_kill_and_r
     # What the dead run left: the received messages are exactly the checkpoints, the rest still queued.
     at_kill = [step.output for step in steps_named(client, "inbox", RECV)]
     noted = len(steps_named(client, "inbox", "note"))
-    logged_before = [message for message, _ in logged(log, "got ")]
+    logged_before = [message for message, _ in log.words_after("got ")]
     assert 3 <= len(at_kill) < FIRST_BATCH  # killed mid-way, with messages still waiting
     assert at_kill == messages[: len(at_kill)]
     assert [m.message for m in client.list_messages("inbox") if m.topic is None] == messages[len(at_kill) : FIRST_BATCH]
@@ -170,7 +165,7 @@ def test_each_message_is_received_exactly_once_in_fifo_order_across_a_kill_and_r
     assert [step.output for step in steps_named(client, "inbox", "note")] == messages
     assert [(m.topic, m.message) for m in client.list_messages("inbox")] == [("other", x) for x in noise]
     # Side effects: the relaunch noted exactly what the dead run had not recorded as noted.
-    lines = logged(log, "got ")
+    lines = log.words_after("got ")
     after = [message for message, pid in lines if pid == str(second.pid)]
     assert after == messages[noted:]
     assert [message for message, pid in lines if pid == str(first.pid)] == logged_before
@@ -199,10 +194,10 @@ def test_a_sleep_killed_one_second_in_wakes_at_its_original_deadline_after_a_rel
     # It woke at the recorded deadline: not before, and well before a restarted 3 s sleep (>= 4 s) would.
     assert deadline <= sleep.finished_at < deadline + 0.6
     assert 3.0 <= sleep.finished_at - created < 3.75
-    [[_, launched]] = logged(log, "launching ")
+    [[_, launched]] = log.words_after("launching ")
     assert float(launched) < deadline  # the relaunch really waited for the rest
-    assert [pid for pid, _ in logged(log, "before ")] == [str(first.pid)]
-    [[pid, after]] = logged(log, "after ")
+    assert [pid for pid, _ in log.words_after("before ")] == [str(first.pid)]
+    [[pid, after]] = log.words_after("after ")
     assert pid == str(second.pid) and float(after) >= deadline
 
 
@@ -216,14 +211,14 @@ def test_a_sleep_whose_deadline_passed_while_no_process_ran_ends_at_once_on_rela
 
     second = start(children, "comm_timers.py", db, log.path, "recover", "late")
     assert finish(second) == 0
-    [[_, launched]] = logged(log, "launching ")
+    [[_, launched]] = log.words_after("launching ")
     status = client.get_status("late")
     assert (status.status, status.output) == ("SUCCESS", 1.0)
     [sleep] = steps_named(client, "late", "litedur.sleep")
     assert float(launched) >= deadline + 0.3
     assert sleep.finished_at - float(launched) < 0.5  # no second second of sleep
     assert status.updated_at - float(launched) < 0.5
-    assert [pid for pid, _ in logged(log, "after ")] == [str(second.pid)]
+    assert [pid for pid, _ in log.words_after("after ")] == [str(second.pid)]
 
 
 # ---- 3. a child workflow is started once, across a kill of its parent's process ---------------------------
@@ -238,7 +233,7 @@ def test_a_relaunched_parent_never_starts_a_second_child_and_gets_its_result(db,
     [dead_child] = client.list_workflows(name="child")
     assert (dead_child.workflow_id, dead_child.status, dead_child.parent_id) == ("family-0", "PENDING", "family")
     assert [s.name for s in client.list_steps("family")] == ["litedur.start_workflow"]
-    assert logged(log, "effect ") == [["7", str(first.pid)]]
+    assert log.words_after("effect ") == [["7", str(first.pid)]]
 
     second = start(children, "comm_family.py", db, log.path, "recover")
     client.send("family-0", "go!", topic="go")
@@ -256,7 +251,7 @@ def test_a_relaunched_parent_never_starts_a_second_child_and_gets_its_result(db,
         ("litedur.start_workflow", "family-0"),
         ("litedur.get_result", "70:go!"),
     ]
-    assert logged(log, "effect ") == [["7", str(first.pid)]]  # the child's step ran once, before the kill
+    assert log.words_after("effect ") == [["7", str(first.pid)]]  # the child's step ran once, before the kill
 
 
 # ---- 4. events survive a kill, and later set_events update them --------------------------------------------
@@ -301,7 +296,7 @@ def test_events_set_before_a_kill_are_still_there_and_later_sets_update_them(db,
         "litedur.set_event:phase", "litedur.set_event:progress", "litedur.set_event:origin", "published", RECV,
         "litedur.set_event:phase", "litedur.set_event:progress", "litedur.set_event:note",
     ]  # fmt: skip
-    assert logged(log, "published ") == [[str(first.pid)]]
+    assert log.words_after("published ") == [[str(first.pid)]]
 
 
 # ---- 5. waits across processes are woken by the change, not by polling -----------------------------------
@@ -414,7 +409,7 @@ def test_cancel_ends_an_attached_reader_and_stops_the_writer_then_resume_deliver
     attempts = [attempt for *_, attempt in entries]
     assert attempts == sorted(attempts) and set(attempts) == {1, 2, 3}  # killed, cancelled, resumed
     assert attempts.count(1) == killed_with
-    assert [(pid, int(skipped)) for pid, skipped in logged(log, "attempt ")] == [
+    assert [(pid, int(skipped)) for pid, skipped in log.words_after("attempt ")] == [
         (str(first.pid), 0), (str(second.pid), killed_with), (str(second.pid), at_cancel),
     ]  # fmt: skip
     status = client.get_status("ticker")
@@ -434,7 +429,7 @@ def test_a_fork_run_in_other_processes_across_a_kill_equals_the_original(db, log
     assert finish(start(children, "comm_fork.py", db, log.path, "run")) == 0
     original = client.get_status("orig")
     assert original.status == "SUCCESS"
-    original_pid = logged(log, "stage 0 ")[0][0]
+    original_pid = log.words_after("stage 0 ")[0][0]
 
     holder = start(children, "comm_fork.py", db, log.path, "serve", "forked", "3.1")
     wait_for_lines(log, "ready ", holder)  # launched: it takes the fork as soon as it exists
@@ -464,7 +459,7 @@ def test_a_fork_run_in_other_processes_across_a_kill_equals_the_original(db, log
     assert (info.length, info.closed, info.closed_by) == (15, True, "workflow")
     # Stages before FORK_FROM ran only in the original; the rest ran again in the fork's processes,
     # stage 3 twice: killed after one value, then resumed after it (already_written).
-    stages = [(int(i), pid, int(skipped)) for i, pid, skipped in logged(log, "stage ")]
+    stages = [(int(i), pid, int(skipped)) for i, pid, skipped in log.words_after("stage ")]
     assert stages == [(i, original_pid, 0) for i in range(5)] + [
         (2, str(holder.pid), 0), (3, str(holder.pid), 0), (3, str(relaunch.pid), 1), (4, str(relaunch.pid), 0),
     ]  # fmt: skip
@@ -486,7 +481,7 @@ def test_a_timeout_cancels_a_relaunched_workflow_at_its_original_deadline(db, lo
 
     second = start(children, "comm_timers.py", db, log.path, "recover", "bounded")
     assert finish(second) == 0
-    [[_, launched]] = logged(log, "launching ")
+    [[_, launched]] = log.words_after("launching ")
     assert float(launched) < started.deadline  # recovered before its deadline, then ran into it
     status = client.get_status("bounded")
     assert (status.status, status.recovery_attempts) == ("CANCELLED", 1)
@@ -513,13 +508,13 @@ def test_a_workflow_relaunched_after_its_deadline_is_cancelled_at_once_without_r
 
     second = start(children, "comm_timers.py", db, log.path, "recover", "overdue")
     assert finish(second) == 0
-    [[_, launched]] = logged(log, "launching ")
+    [[_, launched]] = log.words_after("launching ")
     status = client.get_status("overdue")
     assert (status.status, status.recovery_attempts) == ("CANCELLED", 1)
     assert "timed out" in status.cancel_reason and "timeout 1 s" in status.cancel_reason, status.cancel_reason
     assert 0 <= status.updated_at - float(launched) < 0.5  # at once
     # The unfinished step did not run again, nor anything after it.
-    assert logged(log, "hold ") == [[str(first.pid)]]
-    assert logged(log, "after ") == []
+    assert log.words_after("hold ") == [[str(first.pid)]]
+    assert log.words_after("after ") == []
     assert [s.name for s in client.list_steps("overdue")] == ["mark"]
     assert [m.message for m in client.list_messages("overdue")] == ["unread"]

@@ -58,7 +58,7 @@ def start_worker(
     children.append(process)
 
     def ready() -> str | None:
-        for words in logged(log, "ready "):
+        for words in log.words_after("ready "):
             if words[0] == str(process.pid):
                 return words[1]
         if process.poll() is not None:
@@ -73,15 +73,10 @@ def declare(db: str, log: SideEffectLog, profile: str) -> None:
     assert finish(spawn("queue_worker.py", db, log.path, profile, 1, "declare"), timeout=30) == 0
 
 
-def logged(log: SideEffectLog, prefix: str) -> list[list[str]]:
-    """The log lines that start with ``prefix``, split into words after it."""
-    return [line[len(prefix) :].split() for line in log.lines() if line.startswith(prefix)]
-
-
 def runs_of(log: SideEffectLog) -> dict[str, list[str]]:
     """The pids that ran the step ``work`` of each workflow (one per ``run WID PID`` line)."""
     found: dict[str, list[str]] = defaultdict(list)
-    for wid, pid in logged(log, "run "):
+    for wid, pid in log.words_after("run "):
         found[wid].append(pid)
     return found
 
@@ -312,7 +307,7 @@ def test_a_concurrency_one_queue_is_not_stranded_by_a_worker_killed_in_its_only_
     assert (status.status, status.executor_id, status.recovery_attempts) == ("SUCCESS", survivor[1], 1)
     work, hold = client.list_steps("g")
     assert work.output["executor"] == victim[1]  # recorded before the kill, replayed, not re-run
-    assert logged(log, "released ") == [["g", str(survivor[0].pid)]]
+    assert log.words_after("released ") == [["g", str(survivor[0].pid)]]
     assert runs_of(log)["g"] == [str(victim[0].pid)]
     resumed_after = hold.started_at - killed_at
     assert resumed_after < 4.0, f"the stranded queue moved only {resumed_after:.2f} s after the kill"
@@ -422,7 +417,7 @@ def test_a_cancelled_enqueued_workflow_never_runs_and_holds_no_slot(db, log, chi
     assert client.list_steps("x") == [] and "x" not in runs_of(log)
 
     assert client.resume_workflow("x").get_result(timeout=30)["pid"] > 0
-    assert runs_of(log)["x"] == [logged(log, "ready ")[0][0]]
+    assert runs_of(log)["x"] == [log.words_after("ready ")[0][0]]
 
 
 def test_resuming_a_cancelled_workflow_whose_deduplication_id_was_taken_again_is_refused_clearly(db, log, client):
