@@ -569,8 +569,8 @@ class Engine(Client):
             raise
         finally:
             self._forget_running(executor, workflow_id)  # once: then a new run of it may register
-            self._feed.notify()
             if not ended:  # maybe PENDING here and running nowhere (a crash, a database error, a resume)
+                self._feed.notify()  # (an ended run's _finish signalled already)
                 self._own_orphans = True
             if stopped:
                 self._wake_recovery()
