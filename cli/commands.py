@@ -461,4 +461,57 @@ def info(client: litedur.Client, as_json: bool) -> None:
     render.emit(out, render.info_fields(out, details))
 
 
-ALL = [tail, workflows, show, streams, events, send, cancel, resume, fork, info, queues]
+# ---- serve ---------------------------------------------------------------------------------------
+
+
+@click.command(short_help="Serve the streams over HTTP (the Durable Streams protocol).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; any but a loopback address needs --token.")  # fmt: skip
+@click.option("--port", type=click.IntRange(0, 65535), default=4437, show_default=True,
+              help="Port to listen on (0: any free port).")  # fmt: skip
+@click.option("--token", envvar="LITEDUR_TOKEN", metavar="TOKEN",
+              help="Bearer token every request must carry (else env LITEDUR_TOKEN).")  # fmt: skip
+@click.option("--create", is_flag=True, help="Create the database file if it does not exist.")
+@click.option("--long-poll-timeout", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              metavar="SECONDS", help="How long a long-poll read waits for new data before its 204.")  # fmt: skip
+@click.pass_obj
+def serve(db: str, host: str, port: int, token: str | None, create: bool, long_poll_timeout: float) -> None:
+    """Serve the Durable Streams HTTP protocol over the database until Ctrl-C.
+
+    Standalone streams (create, append, read, close, fork, delete) live under /v1/stream/<path>,
+    in the same file; every workflow stream is readable, in JSON mode and read-only, under
+    /v1/stream/workflows/<workflow id>/<key>. Reads catch up, long-poll or follow by SSE. The URL
+    served is printed on stdout.
+
+    Listens on loopback unless --host says otherwise; then a bearer token is required (--token or
+    LITEDUR_TOKEN) and checked on every request ('Authorization: Bearer TOKEN').
+
+    \b
+    Examples:
+      litedur --db app.db serve
+      litedur --db app.db serve --create --port 8080
+      LITEDUR_TOKEN=s3cret litedur --db app.db serve --host 0.0.0.0
+      curl -N 'http://127.0.0.1:4437/v1/stream/workflows/chat-1/tokens?offset=-1&live=sse'
+    """
+    import signal
+
+    from litedur.server import ServeError, Server
+
+    if not create and not os.path.lexists(db):
+        raise Failure(f"no litedur database at {os.path.abspath(db)} (give --db PATH, or --create to make one)", 2)
+    try:
+        server = Server(db, host, port, token=token or None, create=create, long_poll_timeout=long_poll_timeout)
+    except ServeError as exc:
+        raise Failure(str(exc), 2 if exc.usage else 1) from None
+    signal.signal(signal.SIGTERM, _stop_serving)
+    click.echo(server.url)
+    click.echo(f"serving {server.path}: streams under {server.url}/v1/stream/<path>, workflow streams (read-only) "
+               f"under {server.url}/v1/stream/workflows/<workflow id>/<key>; Ctrl-C stops", err=True)  # fmt: skip
+    server.serve_forever()
+
+
+def _stop_serving(signum: int, frame: Any) -> None:
+    raise SystemExit(0)  # SIGTERM: stop as Ctrl-C does, closing the server
+
+
+ALL = [tail, workflows, show, streams, events, send, cancel, resume, fork, info, queues, serve]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
 
 import click
@@ -9,6 +11,9 @@ import click
 import litedur
 
 from .commands import ALL, Failure
+from .maintenance import COMMANDS as MAINTENANCE
+from .schedules import SCHEDULE_COMMANDS
+from .top import top
 
 EPILOG = """\b
 Examples:
@@ -21,7 +26,11 @@ Examples:
   litedur resume chat-1                  continue a cancelled workflow
   litedur fork chat-1 --from-step 2      rerun from step 2 as a new workflow
   litedur queues                         queues: waiting, running, limits
+  litedur schedules                      scheduled workflows and their next tick
   litedur workflows --queue jobs         the workflows of one queue
+  litedur top                            live view: statuses, queues, streams
+  litedur gc --older-than 7d             delete workflows that ended a week ago
+  litedur backup copy.db                 a consistent copy of the live file
   litedur --db app.db tail chat-1 tokens --json
   LITEDUR_DB=app.db litedur info
 
@@ -69,15 +78,40 @@ class LitedurGroup(click.Group):
     type=click.Path(dir_okay=True),
     help="Database file (else env LITEDUR_DB).",
 )
+@click.option("-v", "--verbose", is_flag=True, help="Show the library's log (recoveries, retries) on stderr.")
 @click.pass_context
-def main(ctx: click.Context, db: str) -> None:
+def main(ctx: click.Context, db: str, verbose: bool) -> None:
     """Look inside and steer litedur durable workflows and their streams.
 
     Reads the SQLite file that litedur workflows and queues run in (send, cancel, resume and
     fork also write to it); never creates one.
     """
     ctx.obj = db
+    if verbose:
+        _log_to_stderr()
 
 
-for command in ALL:
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """The ``litedur`` logger at INFO, one line per record on stderr (once per process)."""
+    logger = logging.getLogger("litedur")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+for command in [*ALL, *MAINTENANCE, top, *SCHEDULE_COMMANDS]:
     main.add_command(command)

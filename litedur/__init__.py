@@ -7,6 +7,8 @@ and keep arriving across a crash and recovery of the writer.
 
 from __future__ import annotations
 
+import logging
+
 from .client import Client, MessageInfo, StepInfo, StreamInfo, WorkflowHandle, WorkflowStatus
 from .engine import Engine
 from .errors import (
@@ -29,14 +31,18 @@ from .errors import (
 )
 from .options import SetEnqueueOptions, SetWorkflowID, SetWorkflowTimeout
 from .queues import Queue
+from .schedules import Cron, ScheduleInfo
 from .streams import AsyncStreamReader, StreamReader
 from .values import Pickled, Serializer
 
 __version__ = "0.1.0"
 
+logging.getLogger("litedur").addHandler(logging.NullHandler())  # silent unless the application logs
+
 __all__ = [
     "AsyncStreamReader",
     "Client",
+    "Cron",
     "DatabaseError",
     "DuplicateWorkflowError",
     "Engine",
@@ -49,6 +55,7 @@ __all__ = [
     "Pickled",
     "Queue",
     "RecordedError",
+    "ScheduleInfo",
     "SerializationError",
     "Serializer",
     "SetEnqueueOptions",
@@ -67,4 +74,15 @@ __all__ = [
     "WorkflowStatus",
     "WorkflowStatusError",
     "__version__",
+    "serve",
+    "Server",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`serve` and `Server` (``litedur serve``) load the HTTP layer only when first used."""
+    if name in ("serve", "Server"):
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module 'litedur' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import management, messages, queues, runner
+from . import management, messages, queues, retention, runner, schedules
 from .errors import (
     LitedurError,
     MaxRecoveryAttemptsExceededError,
@@ -21,8 +21,9 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .runner import Plan
+from .schedules import ScheduleInfo
 from .storage import CLOSED_BY_TERMINATION, CLOSED_BY_WORKFLOW, SQLiteStorage, StepRow, WorkflowRow
-from .streams import AsyncStreamReader, StreamReader
+from .streams import AsyncStreamReader, StreamReader, StreamTails
 from .values import JSON, Codec, Serializer
 from .wakeup import WorkflowSignals, feed_for
 
@@ -172,6 +173,7 @@ class Client:
         self._wait_mode = wait
         self._feed = feed_for(self._storage.path)
         self._signals_or_none: WorkflowSignals | None = None
+        self._tails = StreamTails(self._storage, self._codec, unpickle, self._feed, wait)
 
     @property
     def path(self) -> str:
@@ -189,6 +191,7 @@ class Client:
         """Release the database connections (and this file's idle wake-up watches)."""
         if self._signals_or_none is not None:
             self._signals_or_none.close()
+        self._tails.close()
         self._storage.close()
         self._feed.release_idle_watches()
 
@@ -243,6 +246,10 @@ class Client:
                           "limiter": limiter, "priority_enabled": bool(declared.priority_enabled)}  # fmt: skip
             found.append(QueueInfo(counts.name, counts.enqueued, counts.running, **limits))
         return found
+
+    def list_schedules(self) -> list[ScheduleInfo]:
+        """Every schedule recorded in the file (by the processes launched with it), with its next tick."""
+        return schedules.list_schedules(self._storage)
 
     def _encode_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, Any]:
         inputs = self._codec.encode({"args": list(args), "kwargs": kwargs})
@@ -323,6 +330,32 @@ class Client:
     def _cancel(self, workflow_id: str, reason: str, if_deadline: float | None = None) -> list[str]:
         return management.cancel(self, workflow_id, reason, if_deadline)
 
+    # ---- retention --------------------------------------------------------------------------------
+
+    def garbage_collect(
+        self, older_than: float | None = None, keep_last: int | None = None, *, dry_run: bool = False
+    ) -> retention.Collected:
+        """Delete finished workflows (SUCCESS, ERROR, CANCELLED, MAX_RECOVERY_ATTEMPTS_EXCEEDED) that
+        ended more than ``older_than`` seconds ago, or that are not among the newest ``keep_last``
+        finished ones (with both, either rule deletes), with their steps, streams, events and messages.
+
+        Runs in short transactions (live writers wait a few milliseconds at most), never touches
+        PENDING or ENQUEUED work, and gives the space back to the file system. A reader of a stream
+        of a deleted workflow gets every value up to where the deletion reached it, then
+        `WorkflowNotFoundError`, never a gap. ``dry_run``: only report which workflows would go.
+        """
+        return retention.garbage_collect(self, older_than, keep_last, dry_run=dry_run)
+
+    def delete_workflow(self, workflow_id: str, *, children: bool = False) -> retention.Collected:
+        """Delete one finished workflow and everything that belongs to it (with ``children``, also its
+        descendants, all finished). A PENDING or ENQUEUED workflow: `WorkflowStatusError`."""
+        return retention.delete_workflow(self, workflow_id, children=children)
+
+    def backup(self, destination: str | os.PathLike[str]) -> str:
+        """Write a consistent copy of the live database to the new file ``destination`` (SQLite's
+        online backup: workflows and streams go on meanwhile); its absolute path."""
+        return retention.backup(self, destination)
+
     def resume_workflow(self, workflow_id: str) -> WorkflowHandle:
         """Let a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow continue from its last checkpoint.
 
@@ -349,11 +382,9 @@ class Client:
 
         It ends when the stream is closed or the workflow reached a final status, after every
         value was delivered. ``timeout`` bounds the wait for each next value (TimeoutError).
+        The readers of one stream in this client share one read per commit (see `streams`).
         """
-        return StreamReader(
-            self._storage, self._codec, self._feed, workflow_id, key,
-            start=start, timeout=timeout, wait=self._wait_mode, unpickle=self._unpickle,
-        )  # fmt: skip
+        return StreamReader(self._tails, workflow_id, key, start=start, timeout=timeout)
 
     def read_stream_async(
         self, workflow_id: str, key: str, *, start: int = 0, timeout: float | None = None
@@ -444,3 +475,45 @@ class Client:
             f"workflow {row.workflow_id!r} exceeded its recovery attempts "
             f"({row.recovery_attempts}) and is no longer run automatically"
         )
+
+    # ---- overview (litedur top) -------------------------------------------------------------------
+
+    def overview(self, recoveries: int = 10) -> dict[str, Any]:
+        """The whole file at a glance, read now: what ``litedur top`` shows.
+
+        ``workflows``: counts by status; ``queues``: as `list_queues`; ``streams``: every open stream
+        of a PENDING workflow (`StreamInfo`); ``recoveries``: up to ``recoveries`` workflows taken over
+        from a dead executor, latest updated first; ``executors``: each owner of PENDING work, a dict
+        with ``executor_id`` (None: unowned, after a resume or fork), ``pid``, ``hostname``, ``pending``
+        and ``alive`` (False when its process is gone from this host, None when that cannot be told);
+        ``changed_at``: when a process last wrote the file (epoch seconds).
+        """
+        storage = self._storage
+        return {
+            "path": self.path,
+            "changed_at": storage.last_modified(),
+            "workflows": storage.count_by_status(),
+            "queues": self.list_queues(),
+            "streams": [StreamInfo(row.workflow_id, row.key, row.length, False, None)
+                        for row in storage.open_stream_lengths()],  # fmt: skip
+            "recoveries": [self._status_of(row) for row in storage.recovered_workflows(recoveries)],
+            "executors": [
+                {"executor_id": executor_id, "pid": pid, "hostname": hostname, "pending": pending,
+                 "alive": self._process_alive(pid, hostname) if executor_id is not None else None}
+                for executor_id, pid, hostname, pending in storage.pending_owners()
+            ],  # fmt: skip
+        }
+
+    @staticmethod
+    def _process_alive(pid: int | None, hostname: str | None) -> bool | None:
+        """Whether an executor's registered process still runs: a hint from this host's process table
+        (the executor's lock is what recovery trusts, and looking at it would take it)."""
+        if pid is None or not hasattr(os, "uname") or hostname != os.uname().nodename:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True  # another user's process: alive
+        return True

@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import logging
 import os
 import threading
 import time
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from . import liveness, management, messages, options, queues, runner, timers
+from . import liveness, management, messages, options, queues, runner, schedules, timers
 from .client import FINAL_STATUSES, Client, WorkflowHandle, _check_path_type
 from .errors import (
     DatabaseError,
@@ -41,6 +42,7 @@ from .errors import (
     WorkflowCancelledError,
     WorkflowConflictError,
 )
+from .retention import RetentionKeeper
 from .runner import CALL, Plan, Sleep
 from .storage import ANY_UNOWNED, WRITE_STREAM_STEP, StepRow, WorkflowRow
 from .streams import StreamWriter, check_key
@@ -49,11 +51,14 @@ from .wakeup import Interest
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
+    from datetime import tzinfo
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 RECOVERY_INTERVAL = 2.0
+
+log = logging.getLogger("litedur")
 
 
 @dataclass
@@ -152,7 +157,11 @@ class Engine(Client):
         max_workers: int = 64,
         wait: str = "auto",
         group_writes: bool = True,
+        retention: float | None = None,
     ) -> None:
+        if retention is not None and (isinstance(retention, bool) or not isinstance(retention, int | float)
+                                      or retention <= 0):  # fmt: skip
+            raise ValueError(f"retention must be a number of seconds > 0, not {retention!r}")
         if executor_id is not None and (not isinstance(executor_id, str) or not executor_id):
             raise TypeError(f"executor_id must be a non-empty str, not {executor_id!r}")
         if type(max_workers) is not int or max_workers < 1:
@@ -171,9 +180,12 @@ class Engine(Client):
         self._deadlines = timers.DeadlineKeeper(self._cancel_at_deadline)
         self._runner = runner.AsyncRunner()
         self._dispatcher = queues.Dispatcher(self)
+        self._scheduler = schedules.Scheduler(self)
         self._queues: dict[str, queues.Queue] = {}
         self._own_orphans = False  # a run here ended without recording its end: recover own work too
         self._recovery_interest: Any = None
+        self._retention = retention
+        self._retention_keeper: RetentionKeeper | None = None
 
     # ---- registration -----------------------------------------------------------------------
 
@@ -279,6 +291,10 @@ class Engine(Client):
         )
         self._recovery_thread.start()
         self._dispatcher.start()
+        self._scheduler.start()
+        if self._retention is not None:
+            self._retention_keeper = RetentionKeeper(self, self._retention)
+            self._retention_keeper.start()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop recovering, wait up to ``timeout`` s for running workflows, then release the file.
@@ -291,7 +307,11 @@ class Engine(Client):
         are still alive, nobody may adopt them) and the connections stay open for them.
         """
         self._stopping.set()
+        self._scheduler.close()
         self._dispatcher.close()
+        if self._retention_keeper is not None:
+            self._retention_keeper.stop()
+            self._retention_keeper = None
         if self._signals_or_none is not None:  # durable waits end now; their workflows resume on a later launch
             self._signals_or_none.ring_everyone("hand-over")
         if self._recovery_thread is not None:
@@ -486,8 +506,11 @@ class Engine(Client):
         if outcome != "claimed":
             self._forget_running(executor, workflow_id)
             if outcome == "exceeded":
+                log.warning("workflow %s (%s) reached MAX_RECOVERY_ATTEMPTS_EXCEEDED (more than %d recoveries)",
+                            workflow_id, spec.name, spec.max_recovery_attempts)  # fmt: skip
                 self._feed.signal([workflow_id])
             return False
+        _log_claim(workflow_id, spec.name, owner, executor.executor_id)
         return True
 
     def _submit(
@@ -635,7 +658,9 @@ class Engine(Client):
                 raise  # the run stops: not a failure of the step to retry or record
             except Exception as exc:
                 if number + 1 < policy.max_attempts:
-                    yield Sleep(policy.interval * policy.backoff**number)
+                    delay = policy.interval * policy.backoff**number
+                    _log_retry(policy, position, run.workflow_id, attempt, delay, exc)
+                    yield Sleep(delay)
                     continue
                 self._record_step(run, position, policy.name, attempt, started, error=exc)
                 raise
@@ -806,6 +831,21 @@ class Engine(Client):
             return
         self._submit(spec, row, tuple(inputs["args"]), inputs["kwargs"], executor)
 
+    # ---- schedules (delegated) ---------------------------------------------------------------------
+
+    def scheduled(
+        self, cron: str, tz: str | tzinfo | None = None, catch_up: bool = False, *, name: str | None = None
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Run the workflow under it at every tick of ``cron`` (five fields, see `schedules.Cron`), as
+        ``workflow(scheduled_time, actual_time)`` (aware datetimes in ``tz``, an IANA name; UTC if None).
+
+        Each tick runs once across every process launched on the file. Ticks missed while no process
+        ran (or this one was suspended) are skipped; with ``catch_up=True`` only the latest of them
+        runs. ``name`` (default: the workflow's) names the schedule and its workflows' ids,
+        ``"sched-<name>-<tick in UTC>"``. Put ``@app.workflow()`` under it.
+        """
+        return schedules.scheduled(self, cron, tz, catch_up, name)
+
     # ---- queues (delegated) ------------------------------------------------------------------------
 
     def queue(
@@ -960,3 +1000,24 @@ async def _quietly(run: Any) -> None:
     """Await a run whose failure is recorded as the workflow's ERROR (handles re-raise it)."""
     with contextlib.suppress(Exception):
         await run
+
+
+def _log_claim(workflow_id: str, name: str, previous: str | None, executor_id: str) -> None:
+    """INFO: who took over a workflow, and from which executor (None: work left unowned)."""
+    if previous is None:
+        log.info("workflow %s (%s) adopted by executor %s (it had no executor: resumed, forked or requeued)",
+                 workflow_id, name, executor_id)  # fmt: skip
+    elif previous == executor_id:
+        log.info("workflow %s (%s) recovered by its own executor %s (its run ended without a final status)",
+                 workflow_id, name, executor_id)  # fmt: skip
+    else:
+        log.info("workflow %s (%s) recovered by executor %s from dead executor %s",
+                 workflow_id, name, executor_id, previous)  # fmt: skip
+
+
+def _log_retry(
+    policy: _StepPolicy, position: int, workflow_id: str, attempt: int, delay: float, exc: Exception
+) -> None:
+    """WARNING: a step attempt failed and another follows after ``delay`` seconds."""
+    log.warning("step %s (position %d of workflow %s) failed on attempt %d of %d, retrying in %.3g s: %r",
+                policy.name, position, workflow_id, attempt, policy.max_attempts, delay, exc)  # fmt: skip

@@ -29,7 +29,6 @@ from .errors import (
     WorkflowStatusError,
 )
 
-SCHEMA_VERSION = 3
 APPLICATION_ID = 0x4C544452  # "LTDR"
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
@@ -37,6 +36,8 @@ MAX_REMEMBERED_OFFSETS = 4096  # streams whose next offset append_one keeps in m
 
 OPEN, CLOSED_BY_WORKFLOW, CLOSED_BY_TERMINATION = 0, 1, 2
 END_OF_STREAM = -1  # encoding of the entry that closing a stream appends after its last value
+STREAM_DELETED = -2  # encoding an end entry takes when its workflow is deleted: readers stop with an error
+AUTO_VACUUM_INCREMENTAL = 2
 ACTIVE_STATUSES = ("PENDING", "ENQUEUED")
 RESUMABLE_STATUSES = ("CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
 CASCADE_REASON = "cancelled with its parent"  # how a child's cancel reason starts when its parent's cancel took it
@@ -187,7 +188,69 @@ MIGRATIONS: list[str] = [
         INSERT INTO workflow_changes (workflow_id) VALUES ('queue:' || NEW.queue_name);
     END;
     """,
+    # version 4: retention. Workflows deleted whose rows (steps, stream entries, ...) are still being
+    # removed in bounded batches; the file is converted to incremental auto-vacuum (see _prepare_schema).
+    """
+    CREATE TABLE purging (workflow_id TEXT PRIMARY KEY, deleted_at REAL NOT NULL) WITHOUT ROWID;
+    CREATE INDEX messages_by_workflow ON messages (workflow_id);
+    """,
+    # version 5: standalone HTTP streams of `litedur serve` (see the "HTTP streams" section). Stream ids
+    # are never reused (AUTOINCREMENT): ETags and forks name streams by id.
+    """
+    CREATE TABLE http_streams (
+        stream_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        content_type TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        json INTEGER NOT NULL,
+        ttl INTEGER,
+        expires_at REAL,
+        expiry REAL,
+        closed INTEGER NOT NULL DEFAULT 0,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        next_seq INTEGER NOT NULL DEFAULT 0,
+        next_position INTEGER NOT NULL DEFAULT 0,
+        stream_seq TEXT,
+        forked_from INTEGER,
+        fork_source TEXT,
+        fork_seq INTEGER,
+        fork_sub_offset INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX http_streams_by_expiry ON http_streams (expiry) WHERE expiry IS NOT NULL;
+    CREATE INDEX http_streams_by_source ON http_streams (forked_from) WHERE forked_from IS NOT NULL;
+    CREATE TABLE http_stream_entries (
+        stream_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (stream_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE http_stream_producers (
+        stream_id INTEGER NOT NULL,
+        producer_id TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        PRIMARY KEY (stream_id, producer_id)
+    ) WITHOUT ROWID;
+    """,
+    # version 6: scheduled workflows (see the "schedules" section): each schedule as its processes
+    # declared it, and the latest tick claimed (epoch seconds), which only ever grows.
+    """
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        cron TEXT NOT NULL,
+        tz TEXT,
+        catch_up INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        declared_at REAL NOT NULL,
+        last_tick REAL
+    );
+    """,
 ]
+SCHEMA_VERSION = len(MIGRATIONS)  # a migration appended to the list is the next version
 
 
 class WorkflowRow(NamedTuple):
@@ -228,6 +291,19 @@ class QueueCounts(NamedTuple):
     name: str
     enqueued: int
     running: int
+
+
+class ScheduleRow(NamedTuple):
+    """A schedule as the latest process launched with it declared it, and the latest tick claimed."""
+
+    name: str
+    workflow_name: str
+    cron: str
+    tz: str | None
+    catch_up: int
+    created_at: float  # when a process first declared it (the clock of `schedules`)
+    declared_at: float
+    last_tick: float | None  # epoch seconds of the latest tick claimed; None before the first
 
 
 class StepRow(NamedTuple):
@@ -533,6 +609,8 @@ class SQLiteStorage:
                 f"{SCHEMA_VERSION}: upgrade litedur"
             )
         if version == SCHEMA_VERSION:
+            if not _gives_space_back(conn) and not _is_readonly(conn):
+                _use_incremental_vacuum(conn)  # an upgrade cut short between its commit and its VACUUM
             return
         if version == 0 and not create:  # an empty file: a reader must not turn it into a database
             raise DatabaseError(f"no litedur database at {self.path} (the file is empty)")
@@ -560,6 +638,7 @@ class SQLiteStorage:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        _use_incremental_vacuum(conn)
 
     @staticmethod
     def _inspect(conn: apsw.Connection) -> tuple[int, int, int]:
@@ -959,7 +1038,7 @@ class SQLiteStorage:
         return rows[0][0], rows[0][1] not in ACTIVE_STATUSES
 
     def read_values(
-        self, stream_id: int, offset: int, limit: int, first_read: bool = False
+        self, stream_id: int, offset: int, limit: int, first_read: bool = False, workflow_id: str = "?"
     ) -> tuple[list[tuple[int, Any]], bool]:
         """``(values, ended)``: up to ``limit`` encoded values from ``offset``, and whether the stream
         ends after them.
@@ -968,20 +1047,44 @@ class SQLiteStorage:
         the same transaction, so one range scan of one table tells a reader both what is new and
         whether that is all: the cheapest possible check after a wake-up. A reader's ``first_read``
         also learns whether it starts past the end of a closed stream (one more index seek).
+
+        The workflow deleted (see `delete_workflows`): the values before the "deleted" mark, then
+        `WorkflowNotFoundError` (``workflow_id`` names it), never a gap.
         """
         try:
             conn = self._connection()
             rows = conn.execute(_READ_VALUES, (stream_id, offset, limit)).fetchall()
-            if not rows and first_read and offset > 0:
-                last = conn.execute(_LAST_ENTRY, (stream_id,)).fetchall()
-                ended = bool(last) and last[0][1] == END_OF_STREAM and last[0][0] < offset
-                return [], ended
+            if not rows:
+                if not conn.execute("SELECT 1 FROM streams WHERE stream_id = ?", (stream_id,)).fetchall():
+                    raise WorkflowNotFoundError(workflow_id)  # deleted, and its rows removed already
+                if first_read and offset > 0:
+                    last = conn.execute(_LAST_ENTRY, (stream_id,)).fetchall()
+                    ended = bool(last) and last[0][1] in (END_OF_STREAM, STREAM_DELETED) and last[0][0] < offset
+                    if ended and last[0][1] == STREAM_DELETED:
+                        raise WorkflowNotFoundError(workflow_id)
+                    return [], ended
         except apsw.Error as exc:
             raise self._database_error("read a stream", exc) from exc
         if rows and rows[-1][0] == END_OF_STREAM:
             del rows[-1]
             return rows, True
+        if rows and rows[-1][0] == STREAM_DELETED:
+            del rows[-1]
+            if not rows:
+                raise WorkflowNotFoundError(workflow_id)
         return rows, False
+
+    def stream_end(self, stream_id: int) -> tuple[int, bool]:
+        """``(length, ended)``: the offset after a stream's last value, and whether the stream ends
+        there (one index seek: where a reader that found nothing at its offset is waiting from)."""
+        try:
+            last = self._connection().execute(_LAST_ENTRY, (stream_id,)).fetchall()
+        except apsw.Error as exc:
+            raise self._database_error("read a stream", exc) from exc
+        if not last:
+            return 0, False
+        offset, encoding = last[0]
+        return (offset, True) if encoding < 0 else (offset + 1, False)  # < 0: a mark of storage's own (its end)
 
     def earlier_attempt_values(
         self, workflow_id: str, key: str, position: int, attempt: int
@@ -1376,6 +1479,50 @@ class SQLiteStorage:
             _close_open_streams(conn, workflow_id)
         return True
 
+    # ---- schedules ----------------------------------------------------------------------------------
+
+    def declare_schedule(self, schedule: ScheduleRow) -> tuple[float, float | None]:
+        """Record (or update) a schedule's declaration, keeping when it was first declared and its
+        latest claimed tick; returns those two ``(created_at, last_tick)``."""
+        with self._write(f"declare schedule {schedule.name!r}") as conn:
+            conn.execute(
+                f"INSERT INTO schedules ({', '.join(ScheduleRow._fields)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET workflow_name = excluded.workflow_name, cron = excluded.cron, "
+                "tz = excluded.tz, catch_up = excluded.catch_up, declared_at = excluded.declared_at",
+                schedule,
+            )
+            row = conn.execute(
+                "SELECT created_at, last_tick FROM schedules WHERE name = ?", (schedule.name,)
+            ).fetchall()[0]
+        return row[0], row[1]
+
+    def claim_tick(self, name: str, tick: float, workflow: WorkflowRow) -> tuple[bool, float | None]:
+        """Claim the tick ``tick`` of schedule ``name`` and create its workflow, in one transaction.
+
+        The claim holds only if no tick at or after ``tick`` was claimed before (the schedule's last
+        tick only grows), so across every process each tick is claimed at most once and never after
+        a later one; then ``workflow`` (PENDING, owned by the claimer) is inserted unless its id
+        exists. Returns ``(created, the schedule's latest claimed tick)``.
+        """
+        with self._write(f"claim a tick of schedule {name!r}") as conn:
+            conn.execute(
+                "UPDATE schedules SET last_tick = ? WHERE name = ? AND (last_tick IS NULL OR last_tick < ?)",
+                (tick, name, tick),
+            )
+            if conn.changes() == 0:
+                rows = conn.execute("SELECT last_tick FROM schedules WHERE name = ?", (name,)).fetchall()
+                return False, rows[0][0] if rows else None
+            conn.execute(_INSERT_WORKFLOW, workflow)
+            return conn.changes() == 1, tick
+
+    def list_schedules(self) -> list[ScheduleRow]:
+        """Every schedule recorded in the file, by name."""
+        with self._read("list schedules") as conn:
+            rows = conn.execute(f"SELECT {', '.join(ScheduleRow._fields)} FROM schedules ORDER BY name").fetchall()
+        return [ScheduleRow(*row) for row in rows]
+
+    # ---- end of schedules ---------------------------------------------------------------------------
+
     # ---- management: cancel, resume, fork ---------------------------------------------------------
 
     def cancel_workflow(
@@ -1478,6 +1625,99 @@ class SQLiteStorage:
             _bump(conn, new_id, ANY_UNOWNED)
         return row
 
+    # ---- retention: deletion, space, backup --------------------------------------------------
+
+    def collectable_workflows(self, ended_before: float | None, keep_last: int | None, limit: int) -> list[str]:
+        """Up to ``limit`` finished workflows that ended before ``ended_before`` or are not among the
+        newest ``keep_last`` finished ones (either rule alone when the other is None)."""
+        with self._read("find workflows to collect") as conn:
+            rows = conn.execute(_COLLECTABLE, (ended_before, ended_before, keep_last, keep_last, limit)).fetchall()
+        return [row[0] for row in rows]
+
+    def workflow_family(self, workflow_id: str) -> list[WorkflowRow]:
+        """A workflow's row and its descendants' (children, their children, ...), the workflow first."""
+        with self._read(f"read workflow {workflow_id!r} and its children") as conn:
+            rows = conn.execute(
+                "WITH RECURSIVE family (id) AS (SELECT ? UNION SELECT w.workflow_id FROM workflows w "
+                f"JOIN family f ON w.parent_id = f.id) SELECT {_WORKFLOW_COLUMNS} FROM workflows "
+                "JOIN family ON workflow_id = family.id",
+                (workflow_id,),
+            ).fetchall()
+        found = [WorkflowRow(*row) for row in rows]
+        return sorted(found, key=lambda row: row.workflow_id != workflow_id)
+
+    def delete_workflows(self, workflow_ids: Sequence[str]) -> list[str]:
+        """Delete these workflows if they are (still) finished, in one transaction; the ids deleted.
+
+        Only the workflow rows go at once (the workflows vanish for every reader, and a resume can no
+        longer find them); their end-of-stream entries become "deleted" marks, so a reader behind
+        stops with an error where the values end, and the rest (steps, stream entries, events,
+        messages) is queued for `purge_some`.
+        """
+        deleted = []
+        with self._write("delete workflows") as conn:
+            for workflow_id in workflow_ids:
+                conn.execute(_DELETE_FINISHED, (workflow_id,))
+                if conn.changes() == 0:
+                    continue
+                conn.execute("INSERT OR IGNORE INTO purging (workflow_id, deleted_at) VALUES (?, ?)",
+                             (workflow_id, time.time()))  # fmt: skip
+                conn.execute(_MARK_STREAMS_DELETED, (STREAM_DELETED, workflow_id, END_OF_STREAM))
+                _bump(conn, workflow_id)
+                deleted.append(workflow_id)
+        return deleted
+
+    def purge_some(self, max_rows: int) -> tuple[int, int]:
+        """Remove up to about ``max_rows`` rows of deleted workflows in one short transaction.
+
+        Returns ``(rows, values)`` removed (values: stream entries); ``(0, 0)`` when nothing is left.
+        A stream's entries go from its end backwards, so what a reader still finds is always a
+        prefix followed by the "deleted" mark, never a gap.
+        """
+        rows = values = 0
+        with self._write("remove rows of deleted workflows") as conn:
+            for (workflow_id,) in conn.execute("SELECT workflow_id FROM purging").fetchall():
+                removed, removed_values = _purge_workflow_rows(conn, workflow_id, max_rows - rows)
+                rows, values = rows + removed, values + removed_values
+                if rows >= max_rows:
+                    break
+        return rows, values
+
+    def vacuum_some(self, max_pages: int) -> int:
+        """Give up to ``max_pages`` free pages back to the file system (one short write); how many.
+
+        The file itself shrinks at the next checkpoint of the WAL (see `checkpoint`)."""
+        with self._write("vacuum free pages") as conn:
+            before = conn.execute("PRAGMA freelist_count").fetchall()[0][0]
+            if before:
+                list(conn.execute(f"PRAGMA incremental_vacuum({int(max_pages)})"))
+            return before - conn.execute("PRAGMA freelist_count").fetchall()[0][0]
+
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the file without waiting for anyone (it truncates a shrunk file)."""
+        with self._write_lock, self._translate_errors("checkpoint the WAL"):
+            list(self._writer().execute("PRAGMA wal_checkpoint(PASSIVE)"))
+
+    def backup(self, destination: str) -> None:
+        """Write a consistent copy of the whole database to ``destination`` (a new file).
+
+        SQLite's online backup, copying in one step inside one read snapshot: writers of this and
+        other processes carry on meanwhile (WAL), and the copy holds exactly one committed state.
+        """
+        _create_private_file(destination)
+        try:
+            target = apsw.Connection(destination)
+            try:
+                with target.backup("main", self._connection(), "main") as copy:
+                    copy.step(-1)
+                list(target.execute("PRAGMA journal_mode = WAL"))
+            finally:
+                target.close()
+        except apsw.Error as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(destination)
+            raise self._database_error(f"back up to {destination}", exc) from exc
+
     def file_sizes(self) -> dict[str, int]:
         """Bytes on disk of the database and its WAL."""
         sizes = {}
@@ -1485,6 +1725,226 @@ class SQLiteStorage:
             with contextlib.suppress(OSError):
                 sizes["database" if not suffix else "wal"] = os.path.getsize(self.path + suffix)
         return sizes
+
+    # ---- overview (top) ---------------------------------------------------------------------------
+    # Reads for a live view of the whole file (``litedur top``), repeated a few times a second.
+
+    def open_stream_lengths(self) -> list[StreamRow]:
+        """Every open stream of a PENDING workflow with its length (an ended workflow's are closed)."""
+        with self._read("list open streams") as conn:
+            rows = conn.execute(
+                f"SELECT s.workflow_id, s.key, ({_NEXT_OFFSET}), s.closed FROM workflows w "
+                f"JOIN streams s ON s.workflow_id = w.workflow_id WHERE w.status = 'PENDING' AND s.closed = {OPEN}"
+            ).fetchall()
+        return [StreamRow(*row) for row in rows]
+
+    def recovered_workflows(self, limit: int) -> list[WorkflowRow]:
+        """Up to ``limit`` workflows taken over from a dead executor at least once, latest updated first."""
+        with self._read("list recovered workflows") as conn:
+            rows = conn.execute(
+                f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE recovery_attempts > 0 "
+                "ORDER BY updated_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [WorkflowRow(*row) for row in rows]
+
+    def pending_owners(self) -> list[tuple[str | None, int | None, str | None, int]]:
+        """``(executor_id, pid, hostname, count)`` for each owner of PENDING workflows, as the executor
+        registered itself (pid and hostname None if it never did; executor_id None: nobody owns them)."""
+        with self._read("list owners of pending workflows") as conn:
+            rows = conn.execute(
+                "SELECT w.executor_id, e.pid, e.hostname, count(*) FROM workflows w "
+                "LEFT JOIN executors e ON e.executor_id = w.executor_id WHERE w.status = 'PENDING' "
+                "GROUP BY w.executor_id ORDER BY w.executor_id"
+            ).fetchall()
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    def last_modified(self) -> float | None:
+        """When a process last wrote to the file: the later mtime of the database and its WAL (None:
+        neither), an empty WAL left out (opening the file, even to read, creates one)."""
+        times = []
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                found = os.stat(self.path + suffix)
+                if found.st_size or not suffix:
+                    times.append(found.st_mtime)
+        return max(times, default=None)
+
+    # ---- end of overview (top) --------------------------------------------------------------------
+
+    # ---- HTTP streams -----------------------------------------------------------------------------
+    # The standalone streams of `litedur serve` (the Durable Streams protocol). ``http_streams`` has one
+    # row per path: content type, expiry, closed flag, tail (next seq and position) and where a fork
+    # came from; a deleted stream that forks came from stays as a tombstone (its path is not reused
+    # until its last fork goes). ``http_stream_entries`` has one row per append: its bytes, or in
+    # JSON mode its messages one per line (a JSON text holds no raw line break outside whitespace).
+    # An entry's position counts the bytes (JSON: messages) before it. ``http_stream_producers`` holds
+    # each idempotent producer's epoch and last sequence number, written with the append it accepted.
+    # Every write numbers a change of `http_stream_key(path)`, so waiters of other processes wake.
+
+    def create_http_stream(
+        self, spec: HttpStreamSpec, body: HttpEntry | None, now: float
+    ) -> tuple[str, HttpStreamRow | None]:
+        """Create the stream ``spec.path`` (a fork of ``spec.fork_source`` if given) with ``body`` as its
+        first entry, in one transaction that first removes expired streams. Returns ``(outcome, row)``.
+
+        Outcomes: "created"; for a path in use "exists" (same configuration, nothing written),
+        "conflict" (another one) or "gone" (a tombstone); for a fork "source-missing", "source-gone",
+        "source-mismatch" (another media type), "bad-fork-offset" (not an entry boundary of the
+        source) or "bad-sub-offset" (past the entry at the fork offset). A fork copies the source's
+        entries before its fork point, and the first ``fork_sub_offset`` bytes (JSON: messages) of
+        the next, so it never depends on its source again; without TTL and expiry of its own it takes
+        the source's.
+        """
+        with self._write(f"create stream {spec.path!r}") as conn:
+            _purge_expired_http_streams(conn, now)
+            existing = _http_stream_at(conn, spec.path)
+            if existing is not None:
+                if existing.deleted:
+                    return "gone", existing
+                return ("exists" if _same_http_config(existing, spec) else "conflict"), existing
+            fork = None
+            if spec.fork_source is not None:
+                outcome, fork = _http_fork_point(conn, spec)
+                if fork is None:
+                    return outcome, None
+                if spec.ttl is None and spec.expires_at is None:
+                    spec = spec._replace(ttl=fork.source.ttl, expires_at=fork.source.expires_at)
+            conn.execute(
+                "INSERT INTO http_streams (path, content_type, media_type, json, ttl, expires_at, expiry, closed, "
+                "forked_from, fork_source, fork_seq, fork_sub_offset, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (spec.path, spec.content_type, spec.media_type, int(spec.json), spec.ttl, spec.expires_at,
+                 _http_expiry(spec.ttl, spec.expires_at, now), int(spec.closed),
+                 fork and fork.source.stream_id, spec.fork_source, fork and fork.seq, spec.fork_sub_offset, now),
+            )  # fmt: skip
+            stream_id = conn.last_insert_rowid()
+            seq, position = _copy_fork(conn, fork, stream_id) if fork is not None else (0, 0)
+            if body is not None:
+                conn.execute(_INSERT_HTTP_ENTRY, (stream_id, seq, position, body.size, body.data))
+                seq, position = seq + 1, position + body.size
+            conn.execute(
+                "UPDATE http_streams SET next_seq = ?, next_position = ? WHERE stream_id = ?",
+                (seq, position, stream_id),
+            )
+            return "created", _http_stream_at(conn, spec.path)
+
+    def append_http_stream(
+        self,
+        path: str,
+        entry: HttpEntry | None,
+        media_type: str | None,
+        *,
+        close: bool = False,
+        stream_seq: str | None = None,
+        producer: HttpProducer | None = None,
+        now: float,
+    ) -> HttpAppendResult:
+        """Append ``entry`` (None: none) to a stream and close it if asked, in one transaction that
+        checks first, in this order, and writes nothing when a check fails:
+
+        "missing" or "gone"; "content-type" (``media_type`` is not the stream's); for a producer
+        "stale-epoch" (older than its recorded one, given back in ``epoch``) and "duplicate" (this
+        epoch's seq was accepted already: ``seq`` is the highest accepted); "closed" (the stream is
+        closed: an append is refused, a close alone is done already); for a producer "bad-epoch-seq"
+        (a new epoch must start at seq 0) and "seq-gap" (``seq`` is the one expected); "stream-seq"
+        (``stream_seq`` does not sort after the last one). Otherwise "appended": the entry, the
+        producer's new state, the closed flag and the renewed TTL are committed together.
+        """
+        with self._write(f"append to stream {path!r}") as conn:
+            row = _http_stream_at(conn, path)
+            missing = _http_stream_missing(conn, row, now)
+            if missing is not None or row is None:
+                return HttpAppendResult(missing or "missing", row)
+            if entry is not None and media_type != row.media_type:
+                return HttpAppendResult("content-type", row)
+            state = _http_producer(conn, row.stream_id, producer)
+            refused = _http_append_refused(row, entry, producer, state, stream_seq)
+            if refused is not None:
+                return refused
+            if entry is not None:
+                placed = (row.stream_id, row.next_seq, row.next_position, entry.size, entry.data)
+                conn.execute(_INSERT_HTTP_ENTRY, placed)
+                row = row._replace(next_seq=row.next_seq + 1, next_position=row.next_position + entry.size)
+            row = row._replace(
+                closed=int(row.closed or close),
+                stream_seq=stream_seq if stream_seq is not None else row.stream_seq,
+                expiry=_http_expiry(row.ttl, row.expires_at, now),
+            )
+            conn.execute(
+                "UPDATE http_streams SET next_seq = ?, next_position = ?, closed = ?, stream_seq = ?, expiry = ? "
+                "WHERE stream_id = ?",
+                (row.next_seq, row.next_position, row.closed, row.stream_seq, row.expiry, row.stream_id),
+            )
+            if producer is not None:
+                conn.execute(
+                    "INSERT INTO http_stream_producers (stream_id, producer_id, epoch, last_seq) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq",
+                    (row.stream_id, producer.producer_id, producer.epoch, producer.seq),
+                )
+            _bump(conn, http_stream_key(path))
+        if producer is None:
+            return HttpAppendResult("appended", row)
+        return HttpAppendResult("appended", row, producer.epoch, producer.seq)
+
+    def read_http_stream(
+        self, path: str, start: tuple[int, int] | None, max_bytes: int, now: float
+    ) -> HttpReadResult:
+        """The entries of a stream from ``start`` = ``(seq, position)`` (None: its tail), in one
+        snapshot: at least one entry if there is any, then more while they total under ``max_bytes``.
+
+        Outcomes: "ok"; "missing" or "gone"; "bad-offset" (``start`` is not an entry boundary of
+        this stream, or lies past its tail).
+        """
+        with self._read(f"read stream {path!r}") as conn:
+            row = _http_stream_at(conn, path)
+            missing = _http_stream_missing(conn, row, now)
+            if missing is not None or row is None:
+                return HttpReadResult(missing or "missing", row, [])
+            if start is None or start == (row.next_seq, row.next_position):
+                return HttpReadResult("ok", row, [])
+            if start[0] >= row.next_seq:
+                return HttpReadResult("bad-offset", row, [])
+            entries = _http_entries(conn, row.stream_id, start[0], max_bytes)
+            if entries[0][1] != start[1]:
+                return HttpReadResult("bad-offset", row, [])
+            return HttpReadResult("ok", row, entries)
+
+    def http_stream_info(self, path: str, now: float) -> tuple[str, HttpStreamRow | None]:
+        """``(outcome, row)`` of a stream: "ok", "missing" or "gone"; reads only (a TTL is not renewed)."""
+        with self._read(f"read stream {path!r}") as conn:
+            row = _http_stream_at(conn, path)
+            missing = _http_stream_missing(conn, row, now)
+        return (missing or "ok"), row
+
+    def touch_http_stream(self, stream_id: int, now: float) -> None:
+        """Renew the sliding TTL of a stream that was read (nothing for a stream without TTL)."""
+        self._commit_one(
+            "UPDATE http_streams SET expiry = min(coalesce(expires_at, ? + ttl), ? + ttl) "
+            "WHERE stream_id = ? AND ttl IS NOT NULL AND deleted = 0 AND expiry > ?",
+            (now, now, stream_id, now),
+            f"renew the TTL of stream {stream_id}",
+        )
+
+    def delete_http_stream(self, path: str, now: float) -> str:
+        """Delete a stream and its entries, in one transaction: "deleted"; "tombstoned" when forks came
+        from it (its path then stays taken, see `create_http_stream`); "missing"; "gone" (a tombstone).
+        Tombstones left with no fork are removed with the last one (up the chain of forks)."""
+        with self._write(f"delete stream {path!r}") as conn:
+            _purge_expired_http_streams(conn, now)
+            row = _http_stream_at(conn, path)
+            if row is None:
+                return "missing"
+            if row.deleted:
+                return "gone"
+            return _delete_http_stream(conn, row)
+
+    def purge_expired_http_streams(self, now: float) -> int:
+        """Delete every stream whose TTL or expiry time has passed (in one transaction); how many."""
+        with self._write("delete expired streams") as conn:
+            return _purge_expired_http_streams(conn, now)
+
+    # ---- end of HTTP streams ----------------------------------------------------------------------
 
 
 class _GroupedWrite:
@@ -1535,6 +1995,18 @@ _ENQUEUE_WORKFLOW = (
     f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) VALUES ({', '.join('?' * len(WorkflowRow._fields))}) "
     "ON CONFLICT (workflow_id) DO NOTHING"
 )
+_FINAL_LIST = "('SUCCESS', 'ERROR', 'CANCELLED', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')"
+_COLLECTABLE = (
+    f"SELECT workflow_id FROM workflows WHERE status IN {_FINAL_LIST} AND ((? IS NOT NULL AND updated_at < ?) "
+    f"OR (? IS NOT NULL AND workflow_id NOT IN (SELECT workflow_id FROM workflows WHERE status IN {_FINAL_LIST} "
+    "ORDER BY updated_at DESC, rowid DESC LIMIT ?))) ORDER BY updated_at LIMIT ?"
+)
+_MARK_STREAMS_DELETED = (  # the end entry of each stream of a workflow: one index seek per stream
+    "UPDATE stream_entries SET encoding = ? WHERE (stream_id, offset) IN (SELECT s.stream_id, "
+    "(SELECT max(offset) FROM stream_entries e WHERE e.stream_id = s.stream_id) FROM streams s "
+    "WHERE s.workflow_id = ?) AND encoding = ?"
+)
+_DELETE_FINISHED = f"DELETE FROM workflows WHERE workflow_id = ? AND status IN {_FINAL_LIST}"
 _READ_STATE = f"SELECT {_STATE_COLUMNS} FROM workflows WHERE workflow_id = ?"
 _READ_VALUES = "SELECT encoding, value FROM stream_entries WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?"
 _LAST_ENTRY = "SELECT offset, encoding FROM stream_entries WHERE stream_id = ? ORDER BY offset DESC LIMIT 1"
@@ -1614,6 +2086,55 @@ def _insert_entries(conn: apsw.Connection, group: StreamGroup, stream_id: int, o
         _INSERT_ENTRY,
         [(stream_id, at, enc, data, position, attempt) for at, (enc, data) in enumerate(group.values, offset)],
     )
+
+
+def _gives_space_back(conn: apsw.Connection) -> bool:
+    return conn.execute("PRAGMA auto_vacuum").fetchall()[0][0] == AUTO_VACUUM_INCREMENTAL
+
+
+def _use_incremental_vacuum(conn: apsw.Connection) -> None:
+    """Let the file give deleted pages back (``PRAGMA incremental_vacuum``): set the mode and rebuild
+    the file once with VACUUM (outside a transaction, atomic; small for a new file). Every open of a
+    file at the current version checks it, so an upgrade cut short here is finished next time."""
+    if _gives_space_back(conn):
+        return
+    conn.execute(f"PRAGMA auto_vacuum = {AUTO_VACUUM_INCREMENTAL}")
+    conn.execute("VACUUM")
+
+
+def _purge_workflow_rows(conn: apsw.Connection, workflow_id: str, budget: int) -> tuple[int, int]:
+    """Delete up to ``budget`` rows of one deleted workflow; ``(rows, values)``. Its last rows gone,
+    the workflow leaves the purge list."""
+    rows = values = 0
+    for table, key in (("steps", "workflow_id, position"), ("events", "workflow_id, key"),
+                       ("timers", "workflow_id, position"), ("messages", "message_id")):  # fmt: skip
+        rows += _delete_some(conn, table, key, workflow_id, budget - rows)
+        if rows >= budget:
+            return rows, values
+    for (stream_id,) in conn.execute("SELECT stream_id FROM streams WHERE workflow_id = ?", (workflow_id,)).fetchall():
+        conn.execute(
+            "DELETE FROM stream_entries WHERE stream_id = ? AND offset IN (SELECT offset FROM stream_entries "
+            "WHERE stream_id = ? AND encoding != ? ORDER BY offset DESC LIMIT ?)",
+            (stream_id, stream_id, STREAM_DELETED, budget - rows),
+        )
+        rows, values = rows + conn.changes(), values + conn.changes()
+        if rows >= budget:
+            return rows, values
+        conn.execute("DELETE FROM stream_entries WHERE stream_id = ?", (stream_id,))  # the "deleted" mark
+        conn.execute("DELETE FROM streams WHERE stream_id = ?", (stream_id,))
+        rows += 2
+    conn.execute("DELETE FROM purging WHERE workflow_id = ?", (workflow_id,))
+    _bump(conn, workflow_id)
+    return rows + 1, values
+
+
+def _delete_some(conn: apsw.Connection, table: str, key: str, workflow_id: str, limit: int) -> int:
+    """Delete up to ``limit`` rows of a WITHOUT ROWID table keyed by ``key`` for one workflow."""
+    conn.execute(
+        f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE workflow_id = ? LIMIT ?)",
+        (workflow_id, limit),
+    )
+    return conn.changes()
 
 
 def _close_open_streams(conn: apsw.Connection, workflow_id: str) -> None:
@@ -1745,3 +2266,256 @@ def _create_private_file(path: str) -> None:
         pass
     except OSError as exc:
         raise DatabaseError(f"cannot create database {path}: {exc.strerror}") from exc
+
+
+# ---- HTTP streams (the helpers of SQLiteStorage's "HTTP streams" section) ------------------------
+
+HTTP_STREAM_CHANGE = "http-stream:"  # prefix of the change key numbered by every write to a stream
+
+
+def http_stream_key(path: str) -> str:
+    """The change key (see `changes_since`) that writes to the HTTP stream ``path`` number."""
+    return HTTP_STREAM_CHANGE + path
+
+
+class HttpStreamRow(NamedTuple):
+    stream_id: int
+    path: str
+    content_type: str
+    media_type: str
+    json: int
+    ttl: int | None
+    expires_at: float | None
+    expiry: float | None  # when it expires: the earlier of expires_at and its last read or write + ttl
+    closed: int
+    deleted: int
+    next_seq: int
+    next_position: int
+    stream_seq: str | None
+    forked_from: int | None
+    fork_source: str | None
+    fork_seq: int | None
+    fork_sub_offset: int
+    created_at: float
+
+
+class HttpStreamSpec(NamedTuple):
+    """What a create asks for: the configuration, the closed flag and, for a fork, its origin."""
+
+    path: str
+    content_type: str
+    media_type: str
+    json: bool
+    ttl: int | None = None
+    expires_at: float | None = None
+    closed: bool = False
+    fork_source: str | None = None
+    fork_at: tuple[int, int] | None = None  # (seq, position) in the source; None: its tail
+    fork_sub_offset: int = 0
+
+
+class HttpEntry(NamedTuple):
+    """One append: its bytes (JSON mode: its messages, one per line) and its size in bytes (messages)."""
+
+    data: bytes
+    size: int
+
+
+class HttpProducer(NamedTuple):
+    producer_id: str
+    epoch: int
+    seq: int
+
+
+class HttpAppendResult(NamedTuple):
+    outcome: str
+    stream: HttpStreamRow | None
+    epoch: int | None = None  # the producer's epoch: accepted, or the recorded one that refused it
+    seq: int | None = None  # the highest accepted seq, or the one expected after a gap
+
+
+class HttpReadResult(NamedTuple):
+    outcome: str
+    stream: HttpStreamRow | None
+    entries: list[tuple[int, int, int, bytes]]  # (seq, position, size, data)
+
+
+class _HttpForkPoint(NamedTuple):
+    source: HttpStreamRow
+    seq: int
+    position: int
+    partial: HttpEntry | None  # the first bytes (messages) of the entry at the fork point
+
+
+_HTTP_STREAM_COLUMNS = ", ".join(HttpStreamRow._fields)
+_INSERT_HTTP_ENTRY = "INSERT INTO http_stream_entries (stream_id, seq, position, size, data) VALUES (?, ?, ?, ?, ?)"
+
+
+def _http_stream_at(conn: apsw.Connection, path: str) -> HttpStreamRow | None:
+    rows = conn.execute(f"SELECT {_HTTP_STREAM_COLUMNS} FROM http_streams WHERE path = ?", (path,)).fetchall()
+    return HttpStreamRow(*rows[0]) if rows else None
+
+
+def _http_expiry(ttl: int | None, expires_at: float | None, now: float) -> float | None:
+    ends = [end for end in (expires_at, None if ttl is None else now + ttl) if end is not None]
+    return min(ends) if ends else None
+
+
+def _has_forks(conn: apsw.Connection, stream_id: int) -> bool:
+    return bool(conn.execute("SELECT 1 FROM http_streams WHERE forked_from = ? LIMIT 1", (stream_id,)).fetchall())
+
+
+def _http_stream_missing(conn: apsw.Connection, row: HttpStreamRow | None, now: float) -> str | None:
+    """None for a live stream, else "missing" or "gone" (a tombstone, or expired with forks)."""
+    if row is None:
+        return "missing"
+    if row.deleted:
+        return "gone"
+    if row.expiry is not None and row.expiry <= now:
+        return "gone" if _has_forks(conn, row.stream_id) else "missing"
+    return None
+
+
+def _same_http_config(row: HttpStreamRow, spec: HttpStreamSpec) -> bool:
+    """Whether a create asks for the stream already there (a fork: the same origin; TTL and expiry
+    compared only where the request gives them, since a fork takes its source's otherwise)."""
+    if row.media_type != spec.media_type:
+        return False
+    lifetime = row.ttl == spec.ttl and row.expires_at == spec.expires_at
+    if spec.fork_source is None:
+        return lifetime
+    if row.fork_source != spec.fork_source or row.fork_sub_offset != spec.fork_sub_offset:
+        return False
+    if spec.fork_at is not None and spec.fork_at[0] != row.fork_seq:
+        return False
+    return lifetime or (spec.ttl is None and spec.expires_at is None)
+
+
+def _http_fork_point(conn: apsw.Connection, spec: HttpStreamSpec) -> tuple[str, _HttpForkPoint | None]:
+    source = _http_stream_at(conn, spec.fork_source or "")
+    if source is None:
+        return "source-missing", None
+    if source.deleted:
+        return "source-gone", None
+    if source.media_type != spec.media_type:
+        return "source-mismatch", None
+    seq, position = spec.fork_at if spec.fork_at is not None else (source.next_seq, source.next_position)
+    entry = conn.execute(
+        "SELECT position, size, data FROM http_stream_entries WHERE stream_id = ? AND seq = ?",
+        (source.stream_id, seq),
+    ).fetchall()
+    at_tail = (seq, position) == (source.next_seq, source.next_position)
+    if not at_tail and (not entry or entry[0][0] != position):
+        return "bad-fork-offset", None
+    partial = None
+    if spec.fork_sub_offset:
+        if not entry or spec.fork_sub_offset > entry[0][1]:
+            return "bad-sub-offset", None
+        partial = _http_entry_prefix(entry[0][2], spec.fork_sub_offset, bool(source.json))
+    return "", _HttpForkPoint(source, seq, position, partial)
+
+
+def _http_entry_prefix(data: bytes, size: int, json_mode: bool) -> HttpEntry:
+    """The first ``size`` bytes of an entry, or in JSON mode its first ``size`` messages."""
+    if json_mode:
+        return HttpEntry(b"\n".join(data.split(b"\n")[:size]), size)
+    return HttpEntry(data[:size], size)
+
+
+def _copy_fork(conn: apsw.Connection, fork: _HttpForkPoint, stream_id: int) -> tuple[int, int]:
+    """Copy a fork's inherited entries into the new stream; its ``(next seq, next position)``."""
+    conn.execute(
+        "INSERT INTO http_stream_entries (stream_id, seq, position, size, data) "
+        "SELECT ?, seq, position, size, data FROM http_stream_entries WHERE stream_id = ? AND seq < ?",
+        (stream_id, fork.source.stream_id, fork.seq),
+    )
+    if fork.partial is None:
+        return fork.seq, fork.position
+    conn.execute(_INSERT_HTTP_ENTRY, (stream_id, fork.seq, fork.position, fork.partial.size, fork.partial.data))
+    return fork.seq + 1, fork.position + fork.partial.size
+
+
+def _http_producer(conn: apsw.Connection, stream_id: int, producer: HttpProducer | None) -> tuple[int, int] | None:
+    """``(epoch, last seq)`` recorded for a producer of a stream, or None."""
+    if producer is None:
+        return None
+    rows = conn.execute(
+        "SELECT epoch, last_seq FROM http_stream_producers WHERE stream_id = ? AND producer_id = ?",
+        (stream_id, producer.producer_id),
+    ).fetchall()
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def _http_append_refused(
+    row: HttpStreamRow,
+    entry: HttpEntry | None,
+    producer: HttpProducer | None,
+    state: tuple[int, int] | None,
+    stream_seq: str | None,
+) -> HttpAppendResult | None:
+    """Why an append must not happen (see `SQLiteStorage.append_http_stream`), or None."""
+    if producer is not None and state is not None:
+        epoch, last = state
+        if producer.epoch < epoch:
+            return HttpAppendResult("stale-epoch", row, epoch)
+        if producer.epoch == epoch and producer.seq <= last:
+            return HttpAppendResult("duplicate", row, epoch, last)
+    if row.closed:
+        return HttpAppendResult("closed", row)
+    if producer is not None:
+        if state is None or producer.epoch > state[0]:
+            if producer.seq != 0:
+                return HttpAppendResult("bad-epoch-seq", row)
+        elif producer.seq != state[1] + 1:
+            return HttpAppendResult("seq-gap", row, state[0], state[1] + 1)
+    if stream_seq is not None and row.stream_seq is not None and stream_seq <= row.stream_seq:
+        return HttpAppendResult("stream-seq", row)
+    return None
+
+
+def _http_entries(conn: apsw.Connection, stream_id: int, seq: int, max_bytes: int) -> list[tuple[int, int, int, bytes]]:
+    """Entries from ``seq`` on: the first, then more while their bytes total under ``max_bytes``."""
+    cursor = conn.cursor()
+    entries: list[tuple[int, int, int, bytes]] = []
+    total = 0
+    try:
+        for entry in cursor.execute(
+            "SELECT seq, position, size, data FROM http_stream_entries WHERE stream_id = ? AND seq >= ? ORDER BY seq",
+            (stream_id, seq),
+        ):
+            if entries and total + len(entry[3]) > max_bytes:
+                break
+            entries.append(entry)
+            total += len(entry[3])
+    finally:
+        cursor.close()
+    return entries
+
+
+def _delete_http_stream(conn: apsw.Connection, row: HttpStreamRow) -> str:
+    """Delete a stream's entries and producers, and its row unless forks came from it (then it stays
+    as a tombstone); then the tombstones up its chain of origins that no fork needs any more."""
+    conn.execute("DELETE FROM http_stream_entries WHERE stream_id = ?", (row.stream_id,))
+    conn.execute("DELETE FROM http_stream_producers WHERE stream_id = ?", (row.stream_id,))
+    _bump(conn, http_stream_key(row.path))
+    if _has_forks(conn, row.stream_id):
+        conn.execute("UPDATE http_streams SET deleted = 1, expiry = NULL WHERE stream_id = ?", (row.stream_id,))
+        return "tombstoned"
+    conn.execute("DELETE FROM http_streams WHERE stream_id = ?", (row.stream_id,))
+    origin = row.forked_from
+    while origin is not None:
+        found = conn.execute("SELECT deleted, forked_from FROM http_streams WHERE stream_id = ?", (origin,)).fetchall()
+        if not found or not found[0][0] or _has_forks(conn, origin):
+            break
+        conn.execute("DELETE FROM http_streams WHERE stream_id = ?", (origin,))
+        origin = found[0][1]
+    return "deleted"
+
+
+def _purge_expired_http_streams(conn: apsw.Connection, now: float) -> int:
+    expired = conn.execute(
+        f"SELECT {_HTTP_STREAM_COLUMNS} FROM http_streams WHERE expiry <= ? AND deleted = 0", (now,)
+    ).fetchall()
+    for row in expired:
+        _delete_http_stream(conn, HttpStreamRow(*row))
+    return len(expired)

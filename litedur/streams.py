@@ -6,29 +6,39 @@ visible within about a millisecond, and a busy writer gets many values per commi
 output is recorded only after `StreamWriter.flush` has committed every value of that step. A value
 that comes alone (a slow producer) is committed in the caller's thread before the write returns.
 
-A reader asks storage for entries from its offset in one snapshot that also says whether the stream
-has ended (closed, or its workflow reached a final status). When there is nothing new it waits on the
-process's `ChangeFeed` and asks again. Ending only on an empty snapshot that says "ended" means every
+Readers of one stream in one client share a `StreamTail`: the newest values of the stream (a bounded
+window), read once per commit for all of them. A reader whose next offset is in the window takes its
+values from memory; one behind it reads its own from storage until it gets there; those at the end
+wait. Of the reader threads that wait, one *leads*: it sleeps on the process's `ChangeFeed` (a local
+commit, or a file event of another process's), reads what follows the window (one query, which also
+says whether the stream has ended: closed, or its workflow reached a final status), appends it and
+wakes the others, each of which wakes the next. Async readers await a future; while no thread leads,
+the client's keeper thread reads for them. The window ends only on a read that says "ended", so every
 value committed together with the final status is delivered first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from .errors import WorkflowNotFoundError
+from .errors import DatabaseError, WorkflowNotFoundError
 from .runner import refuse_on_loop
 from .storage import SQLiteStorage, StreamGroup
-from .values import Codec
-from .wakeup import ChangeFeed
+from .values import JSON, TEXT, Codec
+from .wakeup import IDLE_EXIT, ChangeFeed, Waiter
 
 BATCH = 1000
+WINDOW = 2048  # values a stream's tail keeps for its readers in a client (a reader further behind reads its own)
+WINDOW_BYTES = 8 << 20  # and about this many bytes of them at most
 MAX_PENDING = 100_000
 QUIET_GAP = 0.001  # a value written this long after the previous one is committed at once, not queued
+_TAKE, _READ, _WAIT, _END = "take", "read", "wait", "end"  # what a reader finds at its offset (see StreamTail.look)
+_WAITING, _WOKEN, _GONE = 0, 1, 2  # a sleeper's state
 
 
 def check_key(key: Any) -> str:
@@ -37,20 +47,472 @@ def check_key(key: Any) -> str:
     return key
 
 
+class _Encoded:
+    """A value in a tail that each reader decodes for itself: a container or a pickle, so that no two
+    readers share one mutable object (strings and numbers are decoded once and shared)."""
+
+    __slots__ = ("encoding", "data")
+
+    def __init__(self, encoding: int, data: Any) -> None:
+        self.encoding, self.data = encoding, data
+
+
+class _Sleeper:
+    """A reader thread blocked until its tail changes: a lock that the waker releases."""
+
+    __slots__ = ("lock", "state")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.state = _GONE
+
+
+class StreamTail:
+    """The newest values of one stream, shared by every reader of it in one client.
+
+    ``state`` is ``(start, values, ended)``: ``values[i]`` is the value at offset ``start + i``, they
+    run to the stream's end as last read, and ``ended`` says the stream ends after them. It is None
+    until a reader's own read found where the end is. Values are appended (in place, under the lock,
+    ``version`` bumped after) and the oldest dropped beyond `WINDOW`; readers look without the lock.
+    """
+
+    def __init__(self, tails: StreamTails, workflow_id: str, key: str) -> None:
+        self._tails = tails
+        self.workflow_id, self.key = workflow_id, key
+        self.stream_id: int | None = None
+        self.state: tuple[int, list[Any], bool] | None = None
+        self.version = 0
+        self.users = 0
+        self._lock = threading.Lock()
+        self._sizes: list[int] = []  # bytes of each value in state, for the WINDOW_BYTES bound
+        self._bytes = 0
+        self._leader = False  # a reader thread (or the keeper) is reading past the end for everyone
+        self._caught_up = False  # the last read, made with _waiter armed, got all there was
+        self._sleepers: list[_Sleeper] = []
+        self._waking: deque[_Sleeper] = deque()  # woken one after another, each by the one before
+        self._async: list[tuple[Any, Any]] = []  # (loop, future) of async readers waiting
+        self.kept: tuple[int, int] = (-1, -1)  # (keeper round, version) of the keeper's last read here
+        self._waiter: Waiter | None = None
+
+    @property
+    def waiter(self) -> Waiter:
+        """The wake-up that a leading reader thread of this stream sleeps on (made on first use)."""
+        if self._waiter is None:
+            self._waiter = self._tails.feed.waiter(self._tails.wait)
+            self._waiter.stream_id = self.stream_id
+        return self._waiter
+
+    # ---- what a reader sees -----------------------------------------------------------------
+
+    def look(self, offset: int) -> tuple[str, Any]:
+        """What a reader at ``offset`` does next, without the lock: ``(_TAKE, values)`` (at most
+        `BATCH`, from ``offset``); ``(_READ, None)``: read from storage itself (behind the window, or
+        no window yet); ``(_WAIT, version)``: nothing yet (give `wait` the version); ``(_END, None)``."""
+        version = self.version  # before the state: a change after this makes `wait` return at once
+        state = self.state
+        if state is None or offset < state[0]:
+            return _READ, None
+        start, values, ended = state
+        at = offset - start
+        if at < len(values):
+            return _TAKE, values[at : at + BATCH]
+        return (_END, None) if ended else (_WAIT, version)
+
+    def read(self, offset: int) -> tuple[list[tuple[int, Any]], bool]:
+        """A reader's own read from ``offset`` (it is behind the window, or there is none yet):
+        ``(encoded values, ended)``. A read that reaches the end starts the window there."""
+        storage = self._tails.storage
+        if self.stream_id is None:
+            found = storage.find_stream(self.workflow_id, self.key)
+            if found is None:
+                raise WorkflowNotFoundError(self.workflow_id)
+            stream_id, workflow_is_final = found
+            if stream_id is None:  # not written yet: empty (and ended if its workflow has)
+                self._start_window(0, [], workflow_is_final)
+                return [], workflow_is_final
+            self._found(stream_id)
+        assert self.stream_id is not None
+        rows, ended = storage.read_values(self.stream_id, offset, BATCH, True, self.workflow_id)
+        if rows or ended or offset == 0:
+            if len(rows) < BATCH or ended:
+                self._start_window(offset, rows, ended)
+        else:  # nothing at offset: the window starts at the end, which may be before offset
+            length, ended = storage.stream_end(self.stream_id)
+            if length <= offset:
+                self._start_window(length, [], ended)
+        return rows, ended
+
+    def _found(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        if self._waiter is not None:
+            self._waiter.stream_id = stream_id
+
+    def _start_window(self, start: int, rows: list[tuple[int, Any]], ended: bool) -> None:
+        entries, sizes = self._entries(rows)
+        with self._lock:
+            if self.state is not None:
+                return
+            self.state = (start, entries, ended)
+            self._sizes, self._bytes = sizes, sum(sizes)
+            self.version += 1
+        if ended:
+            self._tails.forget(self)
+
+    def _entries(self, rows: list[tuple[int, Any]]) -> tuple[list[Any], list[int]]:
+        """Window entries for encoded values: strings and numbers decoded once, the rest left encoded."""
+        decode, unpickle = self._tails.codec.decode, self._tails.unpickle
+        entries, sizes = [], []
+        for encoding, data in rows:
+            if encoding == TEXT:
+                entries.append(data)
+            elif encoding == JSON and data[:1] != "{" and data[:1] != "[":
+                entries.append(decode(encoding, data, unpickle=unpickle))
+            else:
+                entries.append(_Encoded(encoding, data))
+            sizes.append(len(data))
+        return entries, sizes
+
+    # ---- waiting at the end -----------------------------------------------------------------
+
+    def wait(self, offset: int, version: int, deadline: float | None, sleeper: _Sleeper) -> bool:
+        """Block a reader thread at the window's end until the window changes (True) or ``deadline``
+        passes (False). The first to wait leads: it sleeps on the file's wake-up and reads past the
+        end for everyone; the others sleep until it (or whoever leads next) wakes them."""
+        with self._lock:
+            if self.version != version:
+                return True
+            lead = not self._leader
+            if lead:
+                self._leader = True
+            else:
+                sleeper.state = _WAITING
+                self._sleepers.append(sleeper)
+        return self._lead(offset, deadline) if lead else self._sleep(sleeper, offset, deadline)
+
+    def _lead(self, offset: int, deadline: float | None) -> bool:
+        changed = False
+        try:
+            waiter = self.waiter
+            while True:
+                if self._caught_up and (deadline is None or time.monotonic() < deadline):
+                    # The last read got everything visible with the waiter armed before it: any
+                    # commit since then ends the wait below at once. No need to ask again first.
+                    self._caught_up = False
+                else:  # (a deadline is only ever declared passed after a read)
+                    changed = self._refresh(waiter)
+                    if changed:
+                        waiter.progressed()
+                        return True
+                    waiter.found_nothing()
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return False
+                waiter.wait(deadline)
+        finally:
+            if not changed:
+                self._leave()
+
+    def _sleep(self, sleeper: _Sleeper, offset: int, deadline: float | None) -> bool:
+        timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not sleeper.lock.acquire(timeout=timeout):
+            with self._lock:
+                woken = sleeper.state != _WAITING
+                if not woken:  # leave (it may still sit in _waking, where it is skipped)
+                    sleeper.state = _GONE
+                    with contextlib.suppress(ValueError):
+                        self._sleepers.remove(sleeper)
+                    lead = not self._leader
+                    self._leader = True
+            if not woken:  # one last read before giving up, unless another reader reads right now
+                return self._lead(offset, deadline) if lead else False
+            sleeper.lock.acquire()  # woken just as the wait ended: take the wake, and pass it on
+        self._wake_next()
+        return True
+
+    def _wake_next(self) -> None:
+        """Wake the next sleeper of the last change (each woken thread wakes the next: no herd)."""
+        with self._lock:
+            while self._waking:
+                sleeper = self._waking.popleft()
+                if sleeper.state == _WAITING:
+                    sleeper.state = _WOKEN
+                    sleeper.lock.release()
+                    return
+
+    def _leave(self, keeper: bool = False) -> None:
+        """The leader goes without a change: one sleeper leads next; the keeper, for async readers."""
+        with self._lock:
+            self._leader = False
+            while self._sleepers:
+                sleeper = self._sleepers.pop()
+                if sleeper.state == _WAITING:
+                    sleeper.state = _WOKEN
+                    sleeper.lock.release()
+                    break
+            waiting_async = bool(self._async)
+        if waiting_async and not keeper:
+            self._tails.keep(self, None)
+
+    def _refresh(self, waiter: Waiter | None, keeper_round: int | None = None) -> bool:
+        """Read past the window's end for every reader: the leader with this tail's ``waiter``, or the
+        keeper in its ``keeper_round``; True if the window changed (everyone woken, leadership ended)."""
+        start, values, _ = self.state  # type: ignore[misc]  # waits happen only at a window's end
+        end = start + len(values)
+        if waiter is not None:
+            published = waiter.take_published(end)  # committed by this process: no query
+            if published:
+                return self._append(published, False, caught_up=False, keeper_round=None)
+            waiter.arm()
+        if self.stream_id is None:
+            found = self._tails.storage.find_stream(self.workflow_id, self.key)
+            if found is None:
+                raise WorkflowNotFoundError(self.workflow_id)
+            if found[0] is None:
+                return found[1] and self._append([], True, caught_up=False, keeper_round=keeper_round)
+            self._found(found[0])
+        rows, ended = self._tails.storage.read_values(self.stream_id, end, BATCH, False, self.workflow_id)
+        if not rows and not ended:
+            return False
+        caught_up = waiter is not None and len(rows) < BATCH and not ended
+        return self._append(rows, ended, caught_up=caught_up, keeper_round=keeper_round)
+
+    def _append(
+        self, rows: list[tuple[int, Any]], ended: bool, *, caught_up: bool, keeper_round: int | None
+    ) -> bool:
+        entries, sizes = self._entries(rows)
+        with self._lock:
+            start, values, _ = self.state  # type: ignore[misc]
+            values.extend(entries)
+            self._sizes.extend(sizes)
+            self._bytes += sum(sizes)
+            if len(values) > WINDOW or self._bytes > WINDOW_BYTES:
+                start, values = self._trimmed(start, values)
+            self.state = (start, values, ended)
+            self.version += 1
+            if keeper_round is not None:
+                self.kept = (keeper_round, self.version)
+            self._caught_up = caught_up
+            self._leader = False
+            self._waking.extend(self._sleepers)
+            self._sleepers = []
+            woken, self._async = self._async, []
+        self._wake_next()
+        _resolve(woken, True)
+        if ended:
+            self._tails.forget(self)
+        return True
+
+    def _trimmed(self, start: int, values: list[Any]) -> tuple[int, list[Any]]:
+        """Drop the oldest values down to half the bounds (readers still behind read their own)."""
+        drop, size = 0, self._bytes
+        while drop < len(values) - 1 and (len(values) - drop > WINDOW // 2 or size > WINDOW_BYTES // 2):
+            size -= self._sizes[drop]
+            drop += 1
+        self._sizes, self._bytes = self._sizes[drop:], size
+        return start + drop, values[drop:]
+
+    # ---- async readers ----------------------------------------------------------------------
+
+    async def wait_async(self, version: int, deadline: float | None) -> bool:
+        """`wait` for a coroutine: it awaits a future that the next change resolves; while no
+        reader thread leads, the client's keeper thread reads for it."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            if self.version != version:
+                return True
+            self._async.append((loop, future))
+            lead = self._leader
+        if not lead:
+            self._tails.keep(self, version)
+        timer = None
+        if deadline is not None:
+            timer = loop.call_later(max(0.0, deadline - time.monotonic()), _settle, future, False)
+        try:
+            return await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock, contextlib.suppress(ValueError):
+                self._async.remove((loop, future))
+
+    def keep(self, keeper_round: int) -> bool:
+        """The keeper's read for this tail's async readers (unless a thread leads it now); True if
+        the window changed."""
+        with self._lock:
+            if self._leader or not self._async:
+                return False
+            self._leader = True
+            version = self.version
+        try:
+            changed = self._refresh(None, keeper_round)
+        except Exception as exc:  # the async readers get it, as a thread that led would
+            self.fail_async(exc)
+            self._leave(keeper=True)
+            return False
+        if not changed:
+            self.kept = (keeper_round, version)
+            self._leave(keeper=True)
+        return changed
+
+    def fail_async(self, error: BaseException) -> None:
+        """Raise ``error`` in the async readers waiting here."""
+        with self._lock:
+            failed, self._async = self._async, []
+        _resolve(failed, error)
+
+    def awaited(self) -> bool:
+        """Whether async readers wait here."""
+        return bool(self._async)
+
+    def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
+
+
+def _settle(future: Any, result: Any) -> None:
+    if not future.done():
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def _settle_all(futures: list[Any], result: Any) -> None:
+    for future in futures:
+        _settle(future, result)
+
+
+def _resolve(waiting: list[tuple[Any, Any]], result: Any) -> None:
+    """Settle async readers' futures on their loops (one call per loop)."""
+    if not waiting:
+        return
+    by_loop: dict[Any, list[Any]] = {}
+    for loop, future in waiting:
+        by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody awaits there any more
+            loop.call_soon_threadsafe(_settle_all, futures, result)
+
+
+class StreamTails:
+    """A client's stream tails, by (workflow id, key), and the keeper: a thread that reads for async
+    readers while no reader thread leads their tail (one for all tails; it stops when idle)."""
+
+    def __init__(self, storage: SQLiteStorage, codec: Codec, unpickle: bool, feed: ChangeFeed, wait: str) -> None:
+        self.storage, self.codec, self.unpickle, self.feed, self.wait = storage, codec, unpickle, feed, wait
+        self._lock = threading.Lock()
+        self._tails: dict[tuple[str, str], StreamTail] = {}
+        self._keeper: threading.Thread | None = None
+        self._keeper_waiter: Waiter | None = None
+        self._work = threading.Event()
+        self._round = 0  # the keeper's rounds: each arms its waiter, then reads every awaited tail
+        self._closed = False
+
+    def acquire(self, workflow_id: str, key: str) -> StreamTail:
+        """The tail of a stream for one more reader (`release` it when the reader is done)."""
+        with self._lock:
+            tail = self._tails.get((workflow_id, key))
+            if tail is None:
+                tail = self._tails[(workflow_id, key)] = StreamTail(self, workflow_id, key)
+            tail.users += 1
+        return tail
+
+    def release(self, tail: StreamTail) -> None:
+        with self._lock:
+            tail.users -= 1
+            if tail.users:
+                return
+            if self._tails.get((tail.workflow_id, tail.key)) is tail:
+                del self._tails[(tail.workflow_id, tail.key)]
+        tail.close()
+
+    def forget(self, tail: StreamTail) -> None:
+        """An ended tail serves its readers to their end; a later reader starts afresh (a resume
+        may reopen the stream)."""
+        with self._lock:
+            if self._tails.get((tail.workflow_id, tail.key)) is tail:
+                del self._tails[(tail.workflow_id, tail.key)]
+
+    def keep(self, tail: StreamTail, version: int | None) -> None:
+        """Async readers of ``tail`` wait at ``version`` (None: unknown) and no thread leads it: make
+        sure the keeper reads it (it does already if it read that version since it last armed)."""
+        with self._lock:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                if self._keeper is None:
+                    self._keeper = threading.Thread(target=self._keep, name="litedur-stream-keeper", daemon=True)
+                    self._keeper.start()
+                elif tail.kept == (self._round, version) and self._keeper_waiter is not None:
+                    return
+            waiter = self._keeper_waiter
+        if closed:
+            tail.fail_async(DatabaseError(f"stopped reading: the client of {self.storage.path} was closed"))
+            return
+        self._work.set()
+        if waiter is not None:
+            waiter.ring()
+
+    def _keep(self) -> None:
+        waiter = self.feed.waiter(self.wait)
+        with self._lock:
+            self._keeper_waiter = waiter
+        try:
+            while True:
+                self._work.clear()
+                with self._lock:
+                    if self._closed:
+                        return
+                    self._round += 1  # what an earlier round armed was used up by its wait
+                    keeper_round = self._round
+                    tails = [tail for tail in self._tails.values() if tail.awaited()]
+                if not tails:
+                    if not self._work.wait(IDLE_EXIT) and self._retire():
+                        return
+                    continue
+                waiter.arm()
+                changed = False
+                for tail in tails:
+                    changed = tail.keep(keeper_round) or changed
+                if changed:
+                    waiter.progressed()
+                else:
+                    waiter.found_nothing()
+                waiter.wait(None)
+        finally:
+            waiter.close()
+
+    def _retire(self) -> bool:
+        with self._lock:
+            if self._work.is_set() or any(tail.awaited() for tail in self._tails.values()):
+                return False
+            self._keeper, self._keeper_waiter = None, None
+            return True
+
+    def close(self) -> None:
+        """Stop the keeper; async readers still waiting raise DatabaseError."""
+        with self._lock:
+            self._closed = True
+            keeper, waiter = self._keeper, self._keeper_waiter
+            tails = list(self._tails.values())
+        for tail in tails:
+            tail.fail_async(DatabaseError(f"stopped reading: the client of {self.storage.path} was closed"))
+        self._work.set()
+        if waiter is not None:
+            waiter.ring()
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join()
+
+
 class StreamReader(Iterator[Any]):
     """Iterator over one stream's values from ``start``; blocks for new ones until the stream ends."""
 
     def __init__(
-        self,
-        storage: SQLiteStorage,
-        codec: Codec,
-        feed: ChangeFeed,
-        workflow_id: str,
-        key: str,
-        start: int = 0,
-        timeout: float | None = None,
-        wait: str = "auto",
-        unpickle: bool = True,
+        self, tails: StreamTails, workflow_id: str, key: str, start: int = 0, timeout: float | None = None
     ) -> None:
         if not isinstance(workflow_id, str):
             raise TypeError(f"workflow_id must be a str, not {type(workflow_id).__name__}")
@@ -59,21 +521,19 @@ class StreamReader(Iterator[Any]):
             raise ValueError(f"start must be an int >= 0, not {start!r}")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
             raise ValueError(f"timeout must be None or a number >= 0, not {timeout!r}")
-        self._storage = storage
-        self._codec = codec
-        self._unpickle = unpickle
         self.workflow_id = workflow_id
         self.key = key
         self.offset = start
         self.timeout = timeout
         self._buffer: deque[Any] = deque()
         self._ended = False
-        self._stream_id: int | None = None
-        self._caught_up = False
-        self._read_before = False
-        if storage.get_workflow(workflow_id) is None:
+        self._sleeper = _Sleeper()
+        self._tails = tails
+        self._released = True
+        if tails.storage.get_workflow(workflow_id) is None:
             raise WorkflowNotFoundError(workflow_id)
-        self._waiter = feed.waiter(wait)
+        self._tail = tails.acquire(workflow_id, key)
+        self._released = False
 
     def __iter__(self) -> StreamReader:
         return self
@@ -91,69 +551,67 @@ class StreamReader(Iterator[Any]):
         """
         if self._buffer:
             return True
-        if self._ended:
-            self.close()
-            return False
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
-            if self._caught_up:
-                # The last read got everything visible; the waiter was armed before it, so any
-                # commit since then wakes the wait below at once. No need to ask the database again.
-                self._caught_up = False
-            elif self._take_published():
+            kind, found = self._look()
+            if kind is _TAKE:
                 return True
-            else:
-                self._waiter.arm()
-                fetched = self._fetch()
-                if fetched:
-                    self._waiter.progressed()
-                    self._caught_up = fetched < BATCH and not self._ended
+            if kind is _END:
+                return False
+            if kind is _READ:
+                if self._read_own():
                     return True
-                if self._ended:
-                    self.close()
-                    return False
-                self._waiter.found_nothing()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"no value at offset {self.offset} of stream {self.key!r} of workflow "
-                    f"{self.workflow_id!r} within {self.timeout} s"
-                )
+                continue
             refuse_on_loop("iterating read_stream()", "read_stream_async()")
-            self._waiter.wait(deadline)
+            if not self._tail.wait(self.offset, found, deadline, self._sleeper):
+                raise self._timed_out()
 
-    def _take_published(self) -> bool:
-        """Buffer values this process committed and handed over during the wait (no query)."""
-        values = self._waiter.take_published(self.offset + len(self._buffer))
-        self._decode_into_buffer(values)
-        return bool(values)
+    def _look(self) -> tuple[str, Any]:
+        """What to do next (see `StreamTail.look`); values it may take are buffered at once."""
+        if self._ended:
+            self.close()
+            return _END, None
+        kind, found = self._tail.look(self.offset)
+        if kind is _TAKE:
+            decode, unpickle = self._tails.codec.decode, self._tails.unpickle
+            append = self._buffer.append
+            for value in found:
+                append(decode(value.encoding, value.data, unpickle=unpickle) if type(value) is _Encoded else value)
+        elif kind is _END:
+            self.close()
+        return kind, found
 
-    def _decode_into_buffer(self, values: list[tuple[int, Any]]) -> None:
-        append, decode, unpickle = self._buffer.append, self._codec.decode, self._unpickle
-        for encoding, data in values:
+    def _read_own(self) -> bool:
+        """Read from storage itself; True if values were buffered (when it also learns the end)."""
+        rows, ended = self._tail.read(self.offset)
+        decode, unpickle, append = self._tails.codec.decode, self._tails.unpickle, self._buffer.append
+        for encoding, data in rows:
             append(decode(encoding, data, unpickle=unpickle))
+        if ended:
+            self._ended = True
+        return bool(rows)
 
-    def _fetch(self) -> int:
-        """Buffer what follows; returns how many values arrived. Sets ``_ended`` when the stream ends."""
-        if self._stream_id is None:
-            found = self._storage.find_stream(self.workflow_id, self.key)
-            if found is None:
-                raise WorkflowNotFoundError(self.workflow_id)
-            self._stream_id, workflow_is_final = found
-            self._waiter.stream_id = self._stream_id
-            if self._stream_id is None:
-                self._ended = workflow_is_final  # it ended without ever writing to this key
-                return 0
-        first_read, self._read_before = not self._read_before, True
-        values, self._ended = self._storage.read_values(
-            self._stream_id, self.offset + len(self._buffer), BATCH, first_read
+    def _timed_out(self) -> TimeoutError:
+        return TimeoutError(
+            f"no value at offset {self.offset} of stream {self.key!r} of workflow "
+            f"{self.workflow_id!r} within {self.timeout} s"
         )
-        self._decode_into_buffer(values)
-        return len(values)
+
+    @property
+    def _waiter(self) -> Waiter:
+        """The wake-up this stream's reader threads sleep on (whether it polls: ``_waiter.polling``)."""
+        return self._tail.waiter
 
     def close(self) -> None:
-        """Stop reading and release the reader's wake-up descriptors."""
+        """Stop reading; the last reader of the stream in this client releases its wake-up."""
         self._ended = True
-        self._waiter.close()
+        if not self._released:
+            self._released = True
+            self._tails.release(self._tail)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __enter__(self) -> StreamReader:
         return self
@@ -167,7 +625,8 @@ class StreamReader(Iterator[Any]):
 
 
 class AsyncStreamReader(AsyncIterator[Any]):
-    """The same reader as an async iterator; blocking waits run in a worker thread."""
+    """The same reader as an async iterator: it waits on a future, holding no thread; its own
+    reads from storage (catching up) run in a worker thread."""
 
     def __init__(self, reader: StreamReader) -> None:
         self._reader = reader
@@ -182,9 +641,28 @@ class AsyncStreamReader(AsyncIterator[Any]):
     async def __anext__(self) -> Any:
         import asyncio  # here, not at module level: it costs more to import than all of litedur
 
-        if not self._reader.buffered() and not await asyncio.to_thread(self._reader.fill):
-            raise StopAsyncIteration
-        return next(self._reader)
+        reader = self._reader
+        if reader.buffered():
+            return next(reader)
+        deadline = None if reader.timeout is None else time.monotonic() + reader.timeout
+        while True:
+            kind, found = reader._look()
+            if kind is _TAKE:
+                return next(reader)
+            if kind is _END:
+                raise StopAsyncIteration
+            if kind is _READ:
+                if await asyncio.to_thread(reader._read_own):
+                    return next(reader)
+                continue
+            if not await reader._tail.wait_async(found, deadline):
+                if await asyncio.to_thread(reader._read_own):  # a last look of its own before giving up
+                    return next(reader)
+                raise reader._timed_out()
+
+    def close(self) -> None:
+        """Stop reading (see `StreamReader.close`)."""
+        self._reader.close()
 
 
 class StreamWriter:

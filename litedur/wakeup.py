@@ -672,6 +672,15 @@ def _open_watch(db_path: str) -> _Watch | None:
     return None
 
 
+def watch_database(db_path: str) -> _Watch | None:
+    """A descriptor to poll (``fileno()``; ``drain()`` is True for a relevant event) that becomes
+    readable when any process commits anything to the database: the file event that wakes stream
+    readers. None where the platform has none (or ``LITEDUR_WAIT=poll``): then poll. Close it after."""
+    if os.environ.get("LITEDUR_WAIT", "").lower() == "poll":
+        return None
+    return _open_watch(db_path)
+
+
 _libc_handle: Any = None
 
 
