@@ -29,8 +29,9 @@ Workloads (ids for ``--only``; RAW always runs, the ratios need it):
 - W5     recovery: a writer SIGKILLed halfway through a step's stream; time from launch() returning in a
          new process to the first new value seen by a reader that kept reading across the crash.
 - W6     a long stream: sustained write rate, time to the first value read near its end, bytes per value
-         on disk; fan-out: the CPU of this process per 1,000 values while 1, then 50 reader threads of
-         one Client follow one live stream of another process (issue 12: 50 readers <= 3x one).
+         on disk; fan-out: the CPU of this process per 1,000 values while 1, then 50 readers of one
+         Client follow one live stream of another process, as threads and as async readers on one
+         event loop (issue 12: 50 readers <= 3x one).
 - W7     communication: send -> recv latency across processes (a Client sends one message at a time to a
          workflow of another process looping on ``recv``; p50/p99/max, receiver CPU per 1,000 messages,
          and how its waits were woken); then a process whose 1,000 workflows each set an event and block
@@ -930,35 +931,58 @@ def w5(ctx: Context) -> list[Figure]:
                    "ms", (seen - launched) / 1e6, target=Target("<=", 50))]  # fmt: skip
 
 
-def live_readers_cpu(ctx: Context, readers: int, live: int) -> float:
-    """CPU of this whole process (s per 1,000 values) while ``readers`` threads of one Client follow a
-    stream that a step of another process writes ``live`` values to at `RATE`; checks each got all."""
-    path = ctx.db(f"w6-live-{readers}")
+def live_readers_cpu(ctx: Context, readers: int, live: int, kind: str = "thread") -> float:
+    """CPU of this whole process (s per 1,000 values) while ``readers`` readers of one Client (threads,
+    or async readers on one event loop) follow a stream that a step of another process writes ``live``
+    values to at `RATE`; checks that each got them all, in order."""
+    import asyncio
+
+    path = ctx.db(f"w6-live-{readers}-{kind}")
     litedur.Engine(path).shutdown()
     got: list[list[int]] = []
-    ready = threading.Barrier(readers + 1)
 
-    def follow(client: litedur.Client) -> None:
-        reader = client.read_stream("live", "t", timeout=30)
-        ready.wait()
-        got.append(list(reader))
+    async def follow_async(client: litedur.Client, started: Callable[[], None]) -> None:
+        streams = [client.read_stream_async("live", "t", timeout=30) for _ in range(readers)]
+
+        async def follow(reader: litedur.AsyncStreamReader) -> None:
+            got.append([value async for value in reader])
+
+        tasks = [asyncio.ensure_future(follow(reader)) for reader in streams]
+        await asyncio.sleep(0)  # every reader has started (its first read is under way)
+        started()
+        await asyncio.gather(*tasks)
 
     with child("paced-writer", path, "live", live, 1 / RATE, ctx.durability) as writer, litedur.Client(path) as client:
         expect_line(writer, "ready")
-        threads = [threading.Thread(target=follow, args=(client,)) for _ in range(readers)]
-        for thread in threads:
-            thread.start()
-        ready.wait()
-        cpu = cpu_seconds()
-        send_go(writer)
-        for thread in threads:
-            thread.join()
-        cpu = cpu_seconds() - cpu
+        cpu = [0.0]
+
+        def go() -> None:
+            cpu[0] = cpu_seconds()
+            send_go(writer)
+
+        if kind == "async":
+            asyncio.run(follow_async(client, go))
+        else:
+            ready = threading.Barrier(readers + 1)
+
+            def follow() -> None:
+                reader = client.read_stream("live", "t", timeout=30)
+                ready.wait()
+                got.append(list(reader))
+
+            threads = [threading.Thread(target=follow) for _ in range(readers)]
+            for thread in threads:
+                thread.start()
+            ready.wait()
+            go()
+            for thread in threads:
+                thread.join()
+        used = cpu_seconds() - cpu[0]
         reap(writer)
     if len(got) != readers or any(len(set(values)) != live or values != sorted(values) for values in got):
         counts = sorted({len(values) for values in got})
         raise RuntimeError(f"{readers} live readers got {counts} values (or out of order), expected {live} each")
-    return cpu / live * 1000
+    return used / live * 1000
 
 
 def w6(ctx: Context) -> list[Figure]:
@@ -978,7 +1002,7 @@ def w6(ctx: Context) -> list[Figure]:
     per_value = disk_bytes(path) / count
 
     readers, live = ctx.size("w6_readers"), ctx.size("w6_live")
-    one, many = live_readers_cpu(ctx, 1, live), live_readers_cpu(ctx, readers, live)
+    fanout = {(n, kind): live_readers_cpu(ctx, n, live, kind) for kind in ("thread", "async") for n in (1, readers)}
     normal = ctx.normal
     return [
         Figure("w6.rate", "W6", f"sustained write rate, {count:,} values ({ctx.durability})", "values/s", rate,
@@ -987,10 +1011,13 @@ def w6(ctx: Context) -> list[Figure]:
                target=Target("<=", 5) if normal else None),
         Figure("w6.bytes", "W6", "bytes on disk per five-byte value", "bytes", per_value,
                target=Target("<=", 40) if normal else None),
-        Figure("w6.fanout.one", "W6", f"1 reader thread of one live stream ({live:,} values): CPU/1,000",
-               "s", one, short="1 reader"),
-        Figure("w6.fanout.many", "W6", f"{readers} reader threads of one live stream: CPU/1,000",
-               "s", many, vs="w6.fanout.one", target=Target("<=", 3, ratio=True, of="1 reader")),
+        *(figure for kind in ("thread", "async") for figure in (
+            Figure(f"w6.fanout.{kind}.one", "W6", f"1 {kind} reader of one live stream ({live:,} values): CPU/1,000",
+                   "s", fanout[1, kind], short=f"1 {kind} reader"),
+            Figure(f"w6.fanout.{kind}.many", "W6", f"{readers} {kind} readers of one live stream: CPU/1,000", "s",
+                   fanout[readers, kind], vs=f"w6.fanout.{kind}.one",
+                   target=Target("<=", 3, ratio=True, of=f"1 {kind} reader")),
+        )),
     ]  # fmt: skip
 
 

@@ -493,8 +493,6 @@ def serve(db: str, host: str, port: int, token: str | None, create: bool, long_p
       LITEDUR_TOKEN=s3cret litedur --db app.db serve --host 0.0.0.0
       curl -N 'http://127.0.0.1:4437/v1/stream/workflows/chat-1/tokens?offset=-1&live=sse'
     """
-    import signal
-
     from litedur.server import ServeError, Server
 
     if not create and not os.path.lexists(db):
@@ -503,15 +501,10 @@ def serve(db: str, host: str, port: int, token: str | None, create: bool, long_p
         server = Server(db, host, port, token=token or None, create=create, long_poll_timeout=long_poll_timeout)
     except ServeError as exc:
         raise Failure(str(exc), 2 if exc.usage else 1) from None
-    signal.signal(signal.SIGTERM, _stop_serving)
     click.echo(server.url)
     click.echo(f"serving {server.path}: streams under {server.url}/v1/stream/<path>, workflow streams (read-only) "
                f"under {server.url}/v1/stream/workflows/<workflow id>/<key>; Ctrl-C stops", err=True)  # fmt: skip
-    server.serve_forever()
-
-
-def _stop_serving(signum: int, frame: Any) -> None:
-    raise SystemExit(0)  # SIGTERM: stop as Ctrl-C does, closing the server
+    server.serve_forever()  # until Ctrl-C (exit 130) or SIGTERM (exit 0)
 
 
 ALL = [tail, workflows, show, streams, events, send, cancel, resume, fork, info, queues, serve]

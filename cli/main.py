@@ -78,7 +78,7 @@ class LitedurGroup(click.Group):
     type=click.Path(dir_okay=True),
     help="Database file (else env LITEDUR_DB).",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Show the library's log (recoveries, retries) on stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the library's log (INFO and up) on stderr.")
 @click.pass_context
 def main(ctx: click.Context, db: str, verbose: bool) -> None:
     """Look inside and steer litedur durable workflows and their streams.

@@ -43,6 +43,7 @@ from .errors import (
     WorkflowConflictError,
 )
 from .retention import RetentionKeeper
+from .retention import is_seconds as retention_is_seconds
 from .runner import CALL, Plan, Sleep
 from .storage import ANY_UNOWNED, WRITE_STREAM_STEP, StepRow, WorkflowRow
 from .streams import StreamWriter, check_key
@@ -159,9 +160,8 @@ class Engine(Client):
         group_writes: bool = True,
         retention: float | None = None,
     ) -> None:
-        if retention is not None and (isinstance(retention, bool) or not isinstance(retention, int | float)
-                                      or retention <= 0):  # fmt: skip
-            raise ValueError(f"retention must be a number of seconds > 0, not {retention!r}")
+        if retention is not None and (not retention_is_seconds(retention) or retention == 0):
+            raise ValueError(f"retention must be a finite number of seconds > 0, not {retention!r}")
         if executor_id is not None and (not isinstance(executor_id, str) or not executor_id):
             raise TypeError(f"executor_id must be a non-empty str, not {executor_id!r}")
         if type(max_workers) is not int or max_workers < 1:
@@ -506,8 +506,7 @@ class Engine(Client):
         if outcome != "claimed":
             self._forget_running(executor, workflow_id)
             if outcome == "exceeded":
-                log.warning("workflow %s (%s) reached MAX_RECOVERY_ATTEMPTS_EXCEEDED (more than %d recoveries)",
-                            workflow_id, spec.name, spec.max_recovery_attempts)  # fmt: skip
+                _log_exhausted(workflow_id, spec)
                 self._feed.signal([workflow_id])
             return False
         _log_claim(workflow_id, spec.name, owner, executor.executor_id)
@@ -659,7 +658,7 @@ class Engine(Client):
             except Exception as exc:
                 if number + 1 < policy.max_attempts:
                     delay = policy.interval * policy.backoff**number
-                    _log_retry(policy, position, run.workflow_id, attempt, delay, exc)
+                    _log_retry(policy, position, run.workflow_id, number + 1, delay, exc)
                     yield Sleep(delay)
                     continue
                 self._record_step(run, position, policy.name, attempt, started, error=exc)
@@ -808,7 +807,7 @@ class Engine(Client):
                 continue
             if not own and liveness.is_alive(self.path, owner):
                 continue
-            if not own and owner is not None and self._storage.requeue_workflows_of(owner):
+            if not own and owner is not None and queues.requeued_from(self, owner):
                 self._feed.signal([ANY_UNOWNED])  # queued work went back to its queue, at its place
             for workflow_id, name in self._storage.pending_workflows_of(owner):
                 spec = self._workflows.get(name)
@@ -894,8 +893,12 @@ class Engine(Client):
         spec = self._workflows[row.name]
         if row.recovery_attempts > spec.max_recovery_attempts:
             if self._storage.give_up(row.workflow_id, executor.executor_id):
+                _log_exhausted(row.workflow_id, spec)
                 self._feed.signal([row.workflow_id, queues.queue_key(row.queue_name or "")])
             return
+        if row.recovery_attempts:
+            log.info("workflow %s (%s) taken again from queue %s by executor %s (recovery %d)", row.workflow_id,
+                     spec.name, row.queue_name, executor.executor_id, row.recovery_attempts)  # fmt: skip
         with self._lock:
             if row.workflow_id in executor.running:
                 return  # already run here (a recovery, or a run a resume let go on): not a second time
@@ -1021,3 +1024,9 @@ def _log_retry(
     """WARNING: a step attempt failed and another follows after ``delay`` seconds."""
     log.warning("step %s (position %d of workflow %s) failed on attempt %d of %d, retrying in %.3g s: %r",
                 policy.name, position, workflow_id, attempt, policy.max_attempts, delay, exc)  # fmt: skip
+
+
+def _log_exhausted(workflow_id: str, spec: _WorkflowSpec) -> None:
+    log.warning("workflow %s (%s) reached MAX_RECOVERY_ATTEMPTS_EXCEEDED (more than %d recoveries)",
+                workflow_id, spec.name, spec.max_recovery_attempts)  # fmt: skip
+

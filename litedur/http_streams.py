@@ -13,34 +13,33 @@ HTTP layer is `server.py`). Two kinds of stream live under ``/v1/stream/``:
 
 Offsets are ``<16 digits>_<16 digits>``: for a standalone stream the number of appends before the
 offset and the bytes (JSON: messages) before it; for a workflow stream the litedur offset, twice.
-Both sort as strings in stream order. Live reads (long-poll, SSE) block on the project's wake-up:
-a standalone stream's waiters on a `WorkflowSignals` interest in its change key (rung at once by an
-append of this process, through the change feed by another process's), a workflow stream's on a
-`StreamReader`.
+Both sort as strings in stream order. A live read (long-poll, SSE) is a plan that never blocks: it
+yields `Read` and `Pause` requests that its driver (`server.py`) carries out, sharing one follower
+of each stream among all its readers: for a standalone stream an interest in its change key (rung at
+once by an append of this process, through the change feed by another process's), for a workflow
+stream a `StreamReader` (see `StreamView.follow`).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import hashlib
 import json
 import logging
 import random
 import re
-import threading
 import time
-from collections.abc import Awaitable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Protocol, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .client import Client
 from .errors import DatabaseError, WorkflowNotFoundError
 from .storage import HttpEntry, HttpProducer, HttpStreamRow, HttpStreamSpec, SQLiteStorage, http_stream_key
 from .values import Pickled
-from .wakeup import ChangeFeed, Interest, WorkflowSignals
+from .wakeup import ChangeFeed, WorkflowSignals
 
 logger = logging.getLogger("litedur.server")
 
@@ -50,6 +49,7 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 JSON_TYPE = "application/json"
 MAX_READ_BYTES = 1 << 20  # a catch-up response or SSE event holds at least one append, then up to this
 MAX_READ_VALUES = 1000  # values of a workflow stream per response or SSE event
+FOLLOW_SLICE = 1.0  # seconds a workflow stream's follower blocks at a time (it stops within one when unused)
 MAX_SAFE_INTEGER = 2**53 - 1  # producer epochs and seqs stay exact in JavaScript
 CURSOR_EPOCH = datetime.datetime(2024, 10, 9, tzinfo=datetime.timezone.utc).timestamp()
 CURSOR_INTERVAL = 20.0  # seconds per cursor interval
@@ -77,6 +77,7 @@ SECURITY_HEADERS = {
     "Access-Control-Expose-Headers": EXPOSED_HEADERS,
 }
 READ_ONLY = "GET, HEAD, OPTIONS"
+ALL_METHODS = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
 
 
 # ---- requests and responses -----------------------------------------------------------------------
@@ -94,31 +95,37 @@ class Request:
 
 
 @dataclass(frozen=True)
-class Pause:
-    """What a live read asks its driver for: wait until the stream may have more after ``offset``
-    (send back True) or ``deadline`` (time.monotonic) passes (send back False)."""
+class Read:
+    """What a live read asks its driver for: the chunk that follows ``offset`` now (the reply)."""
 
-    watch: Watch
+    view: StreamView
     offset: str
+
+
+@dataclass(frozen=True)
+class Pause:
+    """What a live read asks its driver for: wait until the stream may have changed since the last
+    `Read` (reply True) or ``deadline`` (time.monotonic) passes (reply False)."""
+
+    view: StreamView
     deadline: float
 
 
-Events = Generator[Union[bytes, Pause], Optional[bool], None]  # noqa: UP007, UP045 - runtime aliases (Python 3.10)
-LongPoll = Generator[Pause, bool, "Response"]
+Events = Generator[Union[bytes, Read, Pause], Any, None]  # noqa: UP007 - runtime aliases (Python 3.10)
+LongPoll = Generator[Union[Read, Pause], Any, "Response"]  # noqa: UP007
 
 
 @dataclass
 class Response:
-    """One HTTP response. A live read comes with what its driver runs, never blocking: ``events``
-    (SSE: each bytes yielded is written as it comes, each `Pause` waited for) or ``plan`` (a
-    long-poll: pauses, then the response to send instead of this one)."""
+    """One HTTP response. A live read comes with a plan its driver runs, which never blocks: it
+    yields `Read` and `Pause` requests for the driver to carry out, and for ``events`` (SSE) the
+    bytes to write as they come; ``plan`` (a long-poll) ends with the response to send instead."""
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     events: Events | None = None
     plan: LongPoll | None = None
-    offload: bool = False  # the live read's steps may block (workflow streams): run them in a worker thread
 
 
 class HttpError(Exception):
@@ -159,7 +166,8 @@ def parse_decimal(name: str, text: str | None, limit: int | None = None) -> int 
         return None
     if DECIMAL.fullmatch(text) is None or (limit is not None and int(text) > limit):
         bound = f" up to {limit}" if limit is not None else ""
-        raise HttpError(400, f"{name} must be a non-negative integer{bound} without sign or leading zeros, not {text!r}")
+        rule = f"a non-negative integer{bound} without sign or leading zeros"
+        raise HttpError(400, f"{name} must be {rule}, not {text!r}")
     return int(text)
 
 
@@ -181,7 +189,9 @@ def parse_expires_at(text: str | None) -> float | None:
 
 
 def format_expires_at(moment: float) -> str:
-    return datetime.datetime.fromtimestamp(moment, datetime.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """RFC 3339 in UTC, to the millisecond: ``2026-12-02T18:00:00.000Z``."""
+    utc = datetime.datetime.fromtimestamp(moment, datetime.timezone.utc)
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_flag(name: str, text: str | None) -> bool:
@@ -294,7 +304,7 @@ def _one_line(text: str, start: int, end: int) -> bytes:
 def value_json(value: Any) -> bytes:
     """A workflow stream value as one line of JSON (a pickled value: ``{"$pickled": "module.Type"}``)."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default).encode()
+        return _value_encoder.encode(value).encode()
     except ValueError:
         return json.dumps(repr(value), ensure_ascii=False).encode()
 
@@ -307,10 +317,13 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+_value_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default)
+
+
 # ---- SSE framing ---------------------------------------------------------------------------------
 
 
-def sse_event(kind: str, text: str) -> bytes:
+def sse_event(kind: str, text: str) -> str:
     """One SSE event: each line of ``text`` its own ``data:`` line (a line break in a payload cannot
     end the event or start another); a line that starts with a space keeps it (parsers drop one)."""
     lines = ("data: " + line if line.startswith(" ") else "data:" + line for line in LINE_BREAK.split(text))
@@ -329,22 +342,22 @@ class Chunk:
     next_offset: str
     up_to_date: bool  # the read reached the tail
     closed: bool  # ... and the stream is closed: nothing will follow
-
-
-class Watch(Protocol):
-    def arm(self) -> None:
-        """Forget earlier wake-ups; call before reading."""
-
-    def wait_async(self, offset: str, deadline: float) -> Awaitable[bool]:
-        """Until the stream may have more after ``offset`` (True) or ``deadline`` passes (False)."""
+    frames: dict[Any, bytes] = field(default_factory=dict, repr=False)  # its SSE events, once encoded
 
 
 class StreamView(Protocol):
-    """A readable stream, as the catch-up, long-poll and SSE reads see it."""
+    """A readable stream, as the catch-up, long-poll and SSE reads see it.
+
+    A live read's driver keeps one shared tail per ``tail_key`` for all the stream's readers: it
+    follows the stream's change key (``change_key``), or for a stream without one (a workflow's)
+    runs ``follow`` in a thread, and hands readers at its end what it read, without a query each.
+    """
 
     content_type: str
     json: bool
     etag_id: str
+    tail_key: tuple[str, ...]
+    change_key: str | None  # the key (see `SQLiteStorage.changes_since`) that writes to it number
     reads_block: bool  # a read may block its thread (so must not run in an event loop)
 
     def tail(self) -> tuple[str, bool]:
@@ -353,8 +366,9 @@ class StreamView(Protocol):
     def read(self, offset: str) -> Chunk:
         """What follows ``offset`` now (HttpError if the stream went or the offset is not one of it)."""
 
-    def watch(self) -> contextlib.AbstractContextManager[Watch]:
-        """A wake-up for a reader that waits for more."""
+    def follow(self, stopping: Callable[[], bool]) -> Iterator[tuple[str, Chunk | None]]:
+        """Block for what is appended from the tail on: ``(offset, chunk read from it)``; ``(tail, None)``
+        first (everything before it is visible). Ends when the stream ends or ``stopping()``."""
 
 
 class StandaloneView:
@@ -362,17 +376,18 @@ class StandaloneView:
 
     reads_block = False  # one indexed SQLite read: fine in the event loop
 
-    def __init__(self, service: StreamService, path: str) -> None:
-        self._service = service
-        self._storage = service.storage
+    def __init__(self, storage: SQLiteStorage, path: str) -> None:
+        self._storage = storage
         self.path = path
-        outcome, row = self._storage.http_stream_info(path, time.time())
+        outcome, row = storage.http_stream_info(path, time.time())
         _refuse_missing(outcome, path)
         assert row is not None
         self._row = row
         self.content_type = row.content_type
         self.json = bool(row.json)
         self.etag_id = str(row.stream_id)
+        self.tail_key = ("stream", path)
+        self.change_key = http_stream_key(path)
 
     def tail(self) -> tuple[str, bool]:
         result = self._storage.read_http_stream(self.path, None, 0, time.time())
@@ -404,27 +419,12 @@ class StandaloneView:
         return row
 
     def renew(self) -> None:
-        """A read renews a sliding TTL (a write, so once per request, in the request's thread)."""
+        """A read renews a sliding TTL (a write: once per request, in the request's thread)."""
         if self._row.ttl is not None:
             self._storage.touch_http_stream(self._row.stream_id, time.time())
 
-    @contextlib.contextmanager
-    def watch(self) -> Iterator[Watch]:
-        with self._service.signals.interest(http_stream_key(self.path)) as interest:
-            yield _InterestWatch(interest)
-
-
-class _InterestWatch:
-    """Waits on an `Interest` in the stream's change key, in the event loop (no thread)."""
-
-    def __init__(self, interest: Interest) -> None:
-        self._interest = interest
-
-    def arm(self) -> None:
-        self._interest.arm()
-
-    async def wait_async(self, offset: str, deadline: float) -> bool:
-        return await self._interest.wait_async(deadline)
+    def follow(self, stopping: Callable[[], bool]) -> Iterator[tuple[str, Chunk | None]]:
+        raise NotImplementedError("a standalone stream is followed through its change key")
 
 
 class WorkflowView:
@@ -432,6 +432,7 @@ class WorkflowView:
 
     content_type = JSON_TYPE
     json = True
+    change_key = None
     reads_block = True  # `Client.read_stream` refuses to run in an event loop
 
     def __init__(self, client: Client, workflow_id: str, key: str) -> None:
@@ -439,6 +440,7 @@ class WorkflowView:
         self.workflow_id = workflow_id
         self.key = key
         self.etag_id = "w" + hashlib.blake2s(f"{workflow_id}\0{key}".encode()).hexdigest()[:16]
+        self.tail_key = ("workflow", workflow_id, key)
         self.tail()  # WorkflowNotFoundError (404) for an unknown workflow
 
     def tail(self) -> tuple[str, bool]:
@@ -463,80 +465,50 @@ class WorkflowView:
 
     def read(self, offset: str) -> Chunk:
         start = self.index(offset)
-        values: list[bytes] = []
-        size, ended, more = 0, False, True
         with self._client.read_stream(self.workflow_id, self.key, start=start, timeout=0) as reader:
-            try:
-                while len(values) < MAX_READ_VALUES and size < MAX_READ_BYTES:
-                    values.append(value_json(next(reader)))
-                    size += len(values[-1])
-            except StopIteration:
-                ended, more = True, False
-            except TimeoutError:
-                more = False
+            values, ended, more = _take_values(reader, MAX_READ_VALUES)
         if not values and start > self._length()[0]:
             raise HttpError(400, f"offset {offset!r} is past the end of stream {self.key!r} of {self.workflow_id!r}")
         end = start + len(values)
         return Chunk(b",".join(values), len(values), format_offset(end, end), not more, ended)
 
-    @contextlib.contextmanager
-    def watch(self) -> Iterator[Watch]:
-        yield _ReaderWatch(self)
+    def follow(self, stopping: Callable[[], bool]) -> Iterator[tuple[str, Chunk | None]]:
+        start = self._length()[0]
+        yield format_offset(start, start), None
+        while not stopping():
+            # A reader per slice: a follower whose readers all left stops within one.
+            with self._client.read_stream(self.workflow_id, self.key, start=start, timeout=FOLLOW_SLICE) as reader:
+                try:
+                    first = value_json(next(reader))
+                except TimeoutError:
+                    continue
+                except StopIteration:
+                    yield format_offset(start, start), Chunk(b"", 0, format_offset(start, start), True, True)
+                    return
+                values, _, _ = _take_values(reader, MAX_READ_VALUES - 1, buffered_only=True)
+            values.insert(0, first)
+            end = start + len(values)
+            chunk = Chunk(b",".join(values), len(values), format_offset(end, end), True, False)
+            yield format_offset(start, start), chunk
+            start = end
 
 
-class _ReaderWatch:
-    """Waits on a `StreamReader` positioned at the offset, which returns when a value or the end
-    comes; a reader blocks its thread, so each wait runs in a thread of its own."""
-
-    def __init__(self, view: WorkflowView) -> None:
-        self._view = view
-
-    def arm(self) -> None:
-        pass  # a reader made after the read sees whatever came in between
-
-    def wait_async(self, offset: str, deadline: float) -> Awaitable[bool]:
-        return in_daemon_thread(self._wait, offset, deadline)
-
-    def _wait(self, offset: str, deadline: float) -> bool:
-        view = self._view
-        timeout = max(0.0, deadline - time.monotonic())
-        with view._client.read_stream(view.workflow_id, view.key, start=view.index(offset), timeout=timeout) as reader:
-            try:
-                next(reader)
-            except StopIteration:
-                return True
-            except TimeoutError:
-                return False
-        return True
-
-
-def in_daemon_thread(fn: Any, *args: Any) -> Awaitable[Any]:
-    """``fn(*args)`` in a new daemon thread (a wait that may outlive the server must not hold up the
-    process's exit, as a pool thread would), as an awaitable of the running loop."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-
-    def run() -> None:
-        try:
-            result: Any = fn(*args)
-        except BaseException as exc:
-            loop.call_soon_threadsafe(_settle, future, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
-
-    threading.Thread(target=run, name="litedur-serve-wait", daemon=True).start()
-    return future
-
-
-def _settle(future: Any, result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _take_values(reader: Any, limit: int, buffered_only: bool = False) -> tuple[list[bytes], bool, bool]:
+    """``(values as JSON, ended, more may follow)`` from a reader that does not wait (timeout 0), or
+    only what it holds already; at most ``limit`` values and about MAX_READ_BYTES."""
+    values: list[bytes] = []
+    size = 0
+    try:
+        while len(values) < limit and size < MAX_READ_BYTES:
+            if buffered_only and not reader.buffered():
+                return values, False, False
+            values.append(value_json(next(reader)))
+            size += len(values[-1])
+    except StopIteration:
+        return values, True, False
+    except TimeoutError:
+        return values, False, False
+    return values, False, True
 
 
 def _refuse_missing(outcome: str, path: str) -> None:
@@ -605,24 +577,26 @@ def _catch_up_response(view: StreamView, offset: str, request: Request, options:
 def _long_poll_response(view: StreamView, offset: str, cursor: str | None, options: ReadOptions) -> Response:
     if offset == "now":
         offset = view.tail()[0]
-    deadline = time.monotonic() + options.long_poll_timeout
-    return Response(200, plan=_long_poll(view, offset, cursor, deadline), offload=view.reads_block)
+    return Response(200, plan=_long_poll(view, offset, cursor, time.monotonic() + options.long_poll_timeout))
 
 
 def _long_poll(view: StreamView, offset: str, cursor: str | None, deadline: float) -> LongPoll:
     """Data from ``offset`` as soon as there is some (200), else a 204 once the stream is closed or
     ``deadline`` passes."""
-    with view.watch() as watch:
+    try:
         while True:
-            watch.arm()
-            chunk = view.read(offset)
-            if chunk.count or chunk.closed or not (yield Pause(watch, offset, deadline)):
+            chunk = yield Read(view, offset)
+            if chunk.count or chunk.closed or not (yield Pause(view, deadline)):
                 break
+    except HttpError as exc:  # the stream went meanwhile
+        return StreamService.secure(error_response(exc.status, str(exc), exc.headers))
+    except WorkflowNotFoundError as exc:
+        return StreamService.secure(error_response(404, str(exc)))
     headers = {**_chunk_headers(view, chunk), "Stream-Cursor": next_cursor(cursor, time.time())}
     if not chunk.count:
         headers["Stream-Up-To-Date"] = "true"
-        return Response(204, headers)
-    return Response(200, {**headers, "Cache-Control": "no-cache"}, _body(view, chunk.payload))
+        return StreamService.secure(Response(204, headers))
+    return StreamService.secure(Response(200, {**headers, "Cache-Control": "no-cache"}, _body(view, chunk.payload)))
 
 
 def _sse_response(view: StreamView, offset: str, cursor: str | None, options: ReadOptions) -> Response:
@@ -634,7 +608,7 @@ def _sse_response(view: StreamView, offset: str, cursor: str | None, options: Re
         offset = view.tail()[0]
     else:
         view.read(offset)  # refuses a bad offset before the response starts
-    return Response(200, headers, events=_sse_events(view, offset, cursor, binary, options), offload=view.reads_block)
+    return Response(200, headers, events=_sse_events(view, offset, cursor, binary, options))
 
 
 def _sse_events(view: StreamView, offset: str, cursor: str | None, binary: bool, options: ReadOptions) -> Events:
@@ -643,25 +617,32 @@ def _sse_events(view: StreamView, offset: str, cursor: str | None, binary: bool,
     ends = time.monotonic() + options.sse_lifetime
     announced = False  # a control event said "up to date" at this offset
     try:
-        with view.watch() as watch:
-            while True:
-                watch.arm()
-                chunk = view.read(offset)
-                if chunk.count or chunk.closed or not announced:
-                    yield (_sse_data(view, chunk, binary) if chunk.count else b"") + _sse_control(chunk, cursor)
-                    offset, announced = chunk.next_offset, chunk.up_to_date
-                    if chunk.closed:
-                        return
-                    if chunk.count and not chunk.up_to_date:
-                        continue
-                now = time.monotonic()
-                if now >= ends:
+        while True:
+            chunk = yield Read(view, offset)
+            if chunk.count or chunk.closed or not announced:
+                yield _sse_events_of(view, chunk, cursor, binary)
+                offset, announced = chunk.next_offset, chunk.up_to_date
+                if chunk.closed:
                     return
-                if not (yield Pause(watch, offset, min(now + options.keepalive, ends))):
-                    yield b": keep-alive\n\n"
+                if chunk.count and not chunk.up_to_date:
+                    continue
+            now = time.monotonic()
+            if now >= ends:
+                return
+            if not (yield Pause(view, min(now + options.keepalive, ends))):
+                yield b": keep-alive\n\n"
     except (HttpError, WorkflowNotFoundError, DatabaseError) as exc:
         # The stream went, or the server is closing: the client reconnects and learns which.
         logger.debug("an SSE response ends: %s", exc)
+
+
+def _sse_events_of(view: StreamView, chunk: Chunk, cursor: str | None, binary: bool) -> bytes:
+    """A chunk's data event (if it has data) and control event, encoded once per chunk and cursor."""
+    frame = chunk.frames.get(cursor)
+    if frame is None:
+        data = _sse_data(view, chunk, binary) if chunk.count else b""
+        frame = chunk.frames[cursor] = data + _sse_control(chunk, cursor)
+    return frame
 
 
 def _sse_data(view: StreamView, chunk: Chunk, binary: bool) -> bytes:
@@ -697,7 +678,7 @@ class StreamService:
         self.storage = storage
         self.client = client
         self.feed = feed  # the file's change feed: appends made here are signalled through it
-        self.signals = signals  # standalone streams' waiters register their interest here
+        self.signals = signals  # a standalone stream's live readers wait on an interest in its change key
         self.options = options
 
     def handle(self, request: Request) -> Response:
@@ -729,13 +710,13 @@ class StreamService:
         path = unquote(name)
         handler = {"GET": self._get, "HEAD": self._head, "PUT": self._put, "POST": self._post, "DELETE": self._delete}
         if request.method not in handler:
-            raise HttpError(405, f"method {request.method} is not allowed", {"Allow": "GET, HEAD, PUT, POST, DELETE, OPTIONS"})
+            raise HttpError(405, f"method {request.method} is not allowed", {"Allow": ALL_METHODS})
         return handler[request.method](path, request, params)
 
     # ---- standalone streams
 
     def _get(self, path: str, request: Request, params: dict[str, str]) -> Response:
-        view = StandaloneView(self, path)
+        view = StandaloneView(self.storage, path)
         view.renew()
         return read_response(view, params, request, self.options)
 
@@ -765,7 +746,8 @@ class StreamService:
             "gone": (409, f"stream {path!r} was deleted while forks of it exist: its path cannot be used again yet"),
             "source-missing": (404, f"no stream {spec.fork_source!r} to fork"),
             "source-gone": (409, f"stream {spec.fork_source!r} was deleted: it cannot be forked"),
-            "source-mismatch": (409, f"a fork keeps its source's content type; {spec.fork_source!r} is not {spec.media_type}"),
+            "source-mismatch": (409, f"a fork keeps its source's content type: {spec.fork_source!r} is not "
+                                f"{spec.media_type}"),
             "bad-fork-offset": (400, f"Stream-Fork-Offset is not an offset of stream {spec.fork_source!r}"),
             "bad-sub-offset": (400, "Stream-Fork-Sub-Offset goes past the append at the fork offset"),
         }
@@ -813,8 +795,10 @@ class StreamService:
             entry = _entry(request.body, media_type == JSON_TYPE)
             if entry is None:
                 raise HttpError(400, "an empty JSON array appends nothing")
-        result = self.storage.append_http_stream(path, entry, media_type, close=close, stream_seq=headers.get("stream-seq"),
-                                                 producer=producer, now=time.time())  # fmt: skip
+        stream_seq = headers.get("stream-seq")
+        result = self.storage.append_http_stream(
+            path, entry, media_type, close=close, stream_seq=stream_seq, producer=producer, now=time.time()
+        )
         if result.outcome == "appended":
             self._wake(path)
         return _append_response(path, result, producer, entry)
@@ -834,9 +818,11 @@ class StreamService:
     def _workflow_stream(self, request: Request, name: str, params: dict[str, str]) -> Response:
         workflow_id, slash, key = name.partition("/")
         if not slash or not workflow_id or not key:
-            raise HttpError(404, f"a workflow stream is {PREFIX}{WORKFLOWS}<workflow id>/<key> (percent-encode a / in the id)")
+            where = f"{PREFIX}{WORKFLOWS}<workflow id>/<key>"
+            raise HttpError(404, f"a workflow stream is {where} (percent-encode a / in the id)")
         if request.method not in ("GET", "HEAD"):
-            raise HttpError(405, "workflow streams are read-only: only their workflow writes to them", {"Allow": READ_ONLY})
+            refusal = "workflow streams are read-only: only their workflow writes to them"
+            raise HttpError(405, refusal, {"Allow": READ_ONLY})
         view = WorkflowView(self.client, unquote(workflow_id), unquote(key))
         if request.method == "HEAD":
             tail, closed = view.tail()
@@ -892,14 +878,15 @@ def _append_response(path: str, result: Any, producer: HttpProducer | None, entr
     if result.outcome == "closed" and entry is None:
         return Response(204, headers)  # closing a closed stream: done already
     _refuse_missing(result.outcome, path)
+    received = producer.seq if producer is not None else None
     refusals: dict[str, tuple[int, str, dict[str, str]]] = {
         "closed": (409, f"stream {path!r} is closed", headers),
         "content-type": (409, f"Content-Type does not match stream {path!r} ({row.content_type if row else ''})", {}),
         "stale-epoch": (403, f"producer epoch {producer and producer.epoch} is older than {result.epoch}",
                         {"Producer-Epoch": str(result.epoch)}),
         "bad-epoch-seq": (400, "a new producer epoch must start at Producer-Seq 0", {}),
-        "seq-gap": (409, f"Producer-Seq {producer and producer.seq} skips ahead: {result.seq} expected",
-                    {"Producer-Expected-Seq": str(result.seq), "Producer-Received-Seq": str(producer and producer.seq)}),
+        "seq-gap": (409, f"Producer-Seq {received} skips ahead: {result.seq} expected",
+                    {"Producer-Expected-Seq": str(result.seq), "Producer-Received-Seq": str(received)}),
         "stream-seq": (409, "Stream-Seq must sort after the last one accepted", {}),
     }  # fmt: skip
     status, message, extra = refusals[result.outcome]
@@ -909,7 +896,7 @@ def _append_response(path: str, result: Any, producer: HttpProducer | None, entr
 def _preflight(request: Request) -> Response:
     asked = request.headers.get("access-control-request-headers")
     return Response(204, {
-        "Access-Control-Allow-Methods": "GET, HEAD, PUT, POST, DELETE, OPTIONS",
+        "Access-Control-Allow-Methods": ALL_METHODS,
         "Access-Control-Allow-Headers": asked or ALLOWED_HEADERS,
         "Access-Control-Max-Age": "86400",
     })  # fmt: skip

@@ -17,6 +17,7 @@ process never holds a slot and a recovered workflow never strands its queue.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from . import liveness, management, options
 from .errors import LitedurError, WorkflowConflictError
 from .storage import ANY_UNOWNED, QueueRow, StepRow, WorkflowRow
+
+log = logging.getLogger("litedur")
 
 if TYPE_CHECKING:
     from .client import Client, WorkflowHandle
@@ -247,7 +250,15 @@ class Dispatcher:
         freed = False
         for owner in engine._storage.running_executors(queue_name):
             if owner != engine.executor_id and not liveness.is_alive(engine.path, owner):
-                freed = bool(engine._storage.requeue_workflows_of(owner)) or freed
+                freed = bool(requeued_from(engine, owner)) or freed
         if freed:
             engine._feed.signal([ANY_UNOWNED])  # the other processes' dispatchers too
         return freed
+
+
+def requeued_from(engine: Engine, dead_executor: str) -> int:
+    """Put a dead executor's queued work back in its queues (INFO when there was some); how many."""
+    count = len(engine._storage.requeue_workflows_of(dead_executor))
+    if count:
+        log.info("%d queued workflow(s) of dead executor %s went back to their queues", count, dead_executor)
+    return count

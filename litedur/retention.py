@@ -11,12 +11,13 @@ what remained to remove is still queued in the file.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import WorkflowNotFoundError, WorkflowStatusError
 
@@ -26,8 +27,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("litedur")
 T = TypeVar("T")
 
-WORKFLOWS_PER_COMMIT = 100
-ROWS_PER_COMMIT = 1_000  # about two milliseconds of deleting: the longest a writer waits for us
+WORKFLOWS_PER_COMMIT = 25
+ROWS_PER_COMMIT = 1_000
+SLICE = 0.002  # seconds of deleting per commit at most: about the longest a writer waits for us
+MAX_KEEP = 2**62
+# Deleting writes many pages to the WAL. Copied back by this process every few commits (a passive
+# checkpoint: it waits for nobody), the WAL never reaches SQLite's automatic checkpoint, which would
+# otherwise run, with its fsync, inside the commit of whichever writer crossed the threshold.
+CHECKPOINT_EVERY = 8
 PAGES_PER_COMMIT = 256
 MAX_BREATHER = 0.005  # the longest sleep of a waiting writer's busy handler (storage._BusyWait)
 RETENTION_CHECK_EVERY = 60.0  # seconds between background collections (Engine(retention=...))
@@ -49,38 +56,49 @@ class Collected:
 
 
 def check_collect_arguments(older_than: float | None, keep_last: int | None) -> None:
-    """Clear errors for arguments a user can get wrong (types, negatives, neither given)."""
+    """Clear errors for arguments a user can get wrong (types, negatives, NaN, neither given)."""
     if older_than is None and keep_last is None:
         raise ValueError("garbage_collect needs older_than (seconds) or keep_last (a count), or both")
-    if older_than is not None and (isinstance(older_than, bool) or not isinstance(older_than, int | float)
-                                   or older_than < 0):  # fmt: skip
-        raise ValueError(f"older_than must be a number of seconds >= 0, not {older_than!r}")
-    if keep_last is not None and (type(keep_last) is not int or keep_last < 0):
-        raise ValueError(f"keep_last must be an int >= 0, not {keep_last!r}")
+    if older_than is not None and not is_seconds(older_than):
+        raise ValueError(f"older_than must be a finite number of seconds >= 0, not {older_than!r}")
+    if keep_last is not None and (type(keep_last) is not int or not 0 <= keep_last <= MAX_KEEP):
+        raise ValueError(f"keep_last must be an int from 0 to {MAX_KEEP}, not {keep_last!r}")
+
+
+def is_seconds(value: object) -> bool:
+    """A finite number of seconds >= 0 (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value >= 0
 
 
 def garbage_collect(
-    client: Client, older_than: float | None = None, keep_last: int | None = None, *, dry_run: bool = False
+    client: Client,
+    older_than: float | None = None,
+    keep_last: int | None = None,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
 ) -> Collected:
     """Delete finished workflows that ended more than ``older_than`` seconds ago or are not among the
-    newest ``keep_last`` finished ones, with everything that belongs to them (see module doc)."""
+    newest ``keep_last`` finished ones, with everything that belongs to them (see module doc).
+    ``stop``: a set event ends the collection between two commits (a shutdown)."""
     check_collect_arguments(older_than, keep_last)
     started = time.monotonic()
-    ended_before = None if older_than is None else time.time() - older_than
     storage = client._storage
+    cutoff = storage.collection_cutoff(None if older_than is None else time.time() - older_than, keep_last)
+    if cutoff is None:
+        return Collected([], 0, 0, 0, 0.0)
     if dry_run:
-        return Collected(storage.collectable_workflows(ended_before, keep_last, -1), 0, 0, 0, 0.0)
+        return Collected(storage.collectable_workflows(cutoff, -1), 0, 0, 0, 0.0)
     deleted: list[str] = []
-    while True:
-        batch = storage.collectable_workflows(ended_before, keep_last, WORKFLOWS_PER_COMMIT)
-        if not batch:
+    while stop is None or not stop.is_set():
+        gone = _leaving_a_gap(storage.collect_batch, cutoff, WORKFLOWS_PER_COMMIT)
+        if not gone:
             break
-        gone = storage.delete_workflows(batch)
         client._feed.signal(gone)
         deleted += gone
-        if not gone:
-            break  # each of them changed meanwhile (resumed): nothing more to take in this round
-    return _finish(client, deleted, started)
+        if len(deleted) % (CHECKPOINT_EVERY * WORKFLOWS_PER_COMMIT) < len(gone):
+            storage.checkpoint()
+    return _finish(client, deleted, started, stop)
 
 
 def delete_workflow(client: Client, workflow_id: str, *, children: bool = False) -> Collected:
@@ -103,30 +121,33 @@ def delete_workflow(client: Client, workflow_id: str, *, children: bool = False)
     return _finish(client, deleted, started)
 
 
-def _finish(client: Client, deleted: list[str], started: float) -> Collected:
+def _finish(client: Client, deleted: list[str], started: float, stop: threading.Event | None = None) -> Collected:
     """Remove what the deleted workflows left (bounded commits), then give the space back."""
-    rows, values = purge(client)
-    pages = vacuum(client)
+    rows, values = purge(client, stop)
+    pages = vacuum(client, stop)
     if deleted or rows:
         log.info("collected %d workflows (%d rows, %d stream values), freed %d pages",
                  len(deleted), rows, values, pages)  # fmt: skip
     return Collected(deleted, rows, values, pages, time.monotonic() - started)
 
 
-def purge(client: Client) -> tuple[int, int]:
-    """Remove every row still queued for removal, ``ROWS_PER_COMMIT`` at a time: ``(rows, values)``."""
-    rows = values = 0
-    while True:
-        removed, removed_values = _leaving_a_gap(client._storage.purge_some, ROWS_PER_COMMIT)
+def purge(client: Client, stop: threading.Event | None = None) -> tuple[int, int]:
+    """Remove every row still queued for removal, in short commits: ``(rows, values)``."""
+    rows = values = commits = 0
+    while stop is None or not stop.is_set():
+        removed, removed_values = _leaving_a_gap(client._storage.purge_some, ROWS_PER_COMMIT, SLICE)
         if not removed:
             return rows, values
-        rows, values = rows + removed, values + removed_values
+        rows, values, commits = rows + removed, values + removed_values, commits + 1
+        if commits % CHECKPOINT_EVERY == 0:
+            client._storage.checkpoint()
+    return rows, values
 
 
-def vacuum(client: Client) -> int:
+def vacuum(client: Client, stop: threading.Event | None = None) -> int:
     """Give free pages back, ``PAGES_PER_COMMIT`` at a time, then checkpoint so the file shrinks."""
     pages = 0
-    while True:
+    while stop is None or not stop.is_set():
         freed = _leaving_a_gap(client._storage.vacuum_some, PAGES_PER_COMMIT)
         if not freed:
             break
@@ -136,11 +157,12 @@ def vacuum(client: Client) -> int:
     return pages
 
 
-def _leaving_a_gap(write: Callable[[int], T], amount: int) -> T:
+def _leaving_a_gap(write: Callable[..., T], *bounds: Any) -> T:
     """One bounded write, then a pause a little longer than it held the lock: a writer of another
-    process, sleeping in its busy handler meanwhile, wakes to a free lock instead of our next batch."""
+    process, sleeping in its busy handler meanwhile (each sleep about half its wait so far), wakes
+    to a free lock instead of our next batch."""
     started = time.monotonic()
-    result = write(amount)
+    result = write(*bounds)
     time.sleep(min(MAX_BREATHER, time.monotonic() - started + 0.001))
     return result
 
@@ -179,7 +201,7 @@ class RetentionKeeper:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                garbage_collect(self._client, older_than=self._retention)
+                garbage_collect(self._client, older_than=self._retention, stop=self._stop)
             except Exception:  # a busy or read-only file, a full disk: try again next round
                 log.warning("background collection failed; retrying in %.0f s", RETENTION_CHECK_EVERY, exc_info=True)
             self._stop.wait(RETENTION_CHECK_EVERY)

@@ -2,11 +2,13 @@
 
 HTTP/1.1 on the standard library's asyncio: one event loop thread holds every connection (keep-alive,
 chunked request bodies, chunked SSE responses), so a live reader costs a coroutine, not a thread.
-A request's work, which may block on the database (a write waits for other processes' writers),
-runs in a small thread pool; a live read (long-poll, SSE) then waits in the loop on the stream's
-wake-up and reads there (a read is one indexed SQLite query). What a request means is
-`http_streams`. The server listens on loopback by default; on any other address it refuses to start
-without a bearer token, and with a token every request must carry ``Authorization: Bearer <token>``.
+What a request means is `http_streams`: its answer, which may block on the database (a write waits
+for other processes' writers), is worked out in a small thread pool. A live read (long-poll, SSE)
+then runs in the loop as a plan of `Read` and `Pause` requests, served by its stream's `SharedTail`:
+one follower per stream in this process, whatever the number of its readers, so the readers at the
+stream's end share one read and one encoded event per change. The server listens on loopback by
+default; on any other address it refuses to start without a bearer token, and with a token every
+request must carry ``Authorization: Bearer <token>``.
 
     server = litedur.Server("app.db", port=0).start()   # in a background thread
     print(server.url)                                   # http://127.0.0.1:<port>
@@ -24,6 +26,8 @@ import hmac
 import ipaddress
 import logging
 import os
+import queue
+import signal
 import socket
 import threading
 import time
@@ -35,9 +39,20 @@ from typing import Any
 
 from .client import Client
 from .errors import LitedurError
-from .http_streams import Events, LongPoll, Pause, ReadOptions, Request, Response, StreamService, error_response
+from .http_streams import (
+    Chunk,
+    HttpError,
+    Pause,
+    Read,
+    ReadOptions,
+    Request,
+    Response,
+    StreamService,
+    StreamView,
+    error_response,
+)
 from .storage import SQLiteStorage
-from .wakeup import WorkflowSignals, feed_for
+from .wakeup import Interest, WorkflowSignals, feed_for
 
 logger = logging.getLogger("litedur.server")
 
@@ -48,6 +63,7 @@ MAX_LINE = 64 << 10  # bytes of the request line or of one header line
 MAX_HEADERS = 100
 IDLE_TIMEOUT = 300.0  # seconds an idle keep-alive connection is kept
 WORKERS = 32  # threads that answer requests (a live read's waits hold none)
+CLOSE_GRACE = 5.0  # seconds closing waits for the connections' tasks to end
 
 
 class ServeError(LitedurError):
@@ -129,6 +145,10 @@ class Server:
         """Absolute path of the database file served."""
         return self._storage.path
 
+    def live_readers(self) -> int:
+        """How many live reads (long-poll, SSE) are following a stream now."""
+        return self._http.tails.readers()
+
     def start(self) -> Server:
         """Serve in a background (daemon) thread; returns self once it accepts connections."""
         threading.Thread(target=self.serve_forever, name="litedur-serve", daemon=True).start()
@@ -136,23 +156,25 @@ class Server:
         return self
 
     def serve_forever(self) -> None:
-        """Serve in this thread until `close` (from another thread) or KeyboardInterrupt; then close."""
+        """Serve in this thread until `close` (from another thread), Ctrl-C (KeyboardInterrupt, once
+        closed) or, in the main thread, SIGTERM (a normal return); then close."""
         with self._lock:
             if self._closed or self._loop is not None:
                 self._started.set()
                 raise ServeError(f"the server of {self.path} is {'closed' if self._closed else 'serving already'}")
             self._loop, self._stop = asyncio.new_event_loop(), asyncio.Event()
-        main = self._loop.create_task(self._serve(self._stop))
+        signals = _stop_on_signals(self._loop, self._stop)
         try:
-            self._loop.run_until_complete(main)
-        except KeyboardInterrupt:
-            self._stop.set()  # end the connections cleanly, then let the interrupt through
-            self._loop.run_until_complete(main)
-            raise
+            self._loop.run_until_complete(self._serve(self._stop))
         finally:
-            self._stopped.set()
-            self._started.set()
-            self.close()
+            try:
+                _cancel_the_rest(self._loop)
+            finally:
+                self._stopped.set()
+                self._started.set()
+                self.close()
+        if signals.get("received") == signal.SIGINT:
+            raise KeyboardInterrupt
 
     async def _serve(self, stop: asyncio.Event) -> None:
         server = await asyncio.start_server(self._http.connection, sock=self._socket, limit=MAX_LINE)
@@ -216,6 +238,36 @@ def serve(
 
 def _default_path() -> str:
     return os.environ.get("LITEDUR_DB") or "./litedur.db"
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> dict[str, int]:
+    """In the main thread, let SIGINT and SIGTERM stop the loop cleanly (through ``stop``) instead of
+    raising wherever the loop happens to be; the dict gets the signal ``received``."""
+    received: dict[str, int] = {}
+
+    def stopping(signum: int) -> None:
+        received["received"] = signum
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # Windows: not supported
+                loop.add_signal_handler(signum, stopping, signum)
+    return received
+
+
+def _cancel_the_rest(loop: asyncio.AbstractEventLoop) -> None:
+    """End what is left in the loop (a connection accepted as the server closed, a tail's follower)."""
+
+    async def cancelled() -> None:
+        tasks = asyncio.all_tasks(loop) - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        done, pending = await asyncio.wait(tasks, timeout=CLOSE_GRACE) if tasks else (set(), set())
+        if pending:
+            logger.warning("%d task(s) did not end as the server closed: %s", len(pending), pending)
+
+    loop.run_until_complete(cancelled())
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -296,6 +348,7 @@ class _HTTP:
         self.token = token
         self.url = url  # for a request without a Host header
         self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="litedur-serve")
+        self.tails = _Tails(service.signals, self.workers)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -340,11 +393,10 @@ class _HTTP:
         host = head.headers.get("host")
         request = Request(head.method, head.target, head.headers, body, f"http://{host}" if host else self.url)
         response = await self._answer(request)
-        step = self._offloaded if response.offload else _inline
         if response.plan is not None:
-            response = await _run_long_poll(response.plan, step)
+            response = await _LiveRead(self.tails, None).run(response.plan)
         if response.events is not None:
-            await _write_events(reader, writer, response, response.events, step)
+            await _write_events(reader, writer, response, _LiveRead(self.tails, reader))
             return False
         await _write(writer, head, response, keep_alive=head.keep_alive)
         return head.keep_alive
@@ -356,10 +408,6 @@ class _HTTP:
         except Exception:
             logger.exception("failed to answer %s %s", request.method, request.target)
             return self.service.secure(error_response(500, "internal error (see the server's log)"))
-
-    async def _offloaded(self, plan: Generator[Any, Any, Any], reply: Any) -> tuple[bool, Any]:
-        """A live read's next step in a worker thread (its reads may block)."""
-        return await asyncio.get_running_loop().run_in_executor(self.workers, _advance, plan, reply)
 
     def _authorized(self, header: str | None) -> bool:
         if self.token is None:
@@ -463,70 +511,267 @@ async def _write(writer: asyncio.StreamWriter, head: _Head, response: Response, 
     await writer.drain()
 
 
-Step = Callable[[Generator[Any, Any, Any], Any], Awaitable[tuple[bool, Any]]]
-
-
-def _advance(plan: Generator[Any, Any, Any], reply: Any) -> tuple[bool, Any]:
-    """Send ``reply`` to a live read: ``(False, what it yields next)`` or ``(True, what it returns)``."""
-    try:
-        return False, plan.send(reply)
-    except StopIteration as stop:
-        return True, stop.value
-
-
-async def _inline(plan: Generator[Any, Any, Any], reply: Any) -> tuple[bool, Any]:
-    """A live read's next step in the loop itself (its reads are short and never wait)."""
-    return _advance(plan, reply)
-
-
-async def _run_long_poll(plan: LongPoll, step: Step) -> Response:
-    """Drive a long-poll: each `Pause` awaited in the loop; the response it ends with."""
-    reply: bool | None = None
-    try:
-        while True:
-            done, value = await step(plan, reply)
-            if done:
-                return value
-            reply = await value.watch.wait_async(value.offset, value.deadline)
-    finally:
-        plan.close()
-
-
 async def _write_events(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: Response, events: Events, step: Step
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: Response, live: _LiveRead
 ) -> None:
-    """Drive an SSE response: its pieces written in chunked encoding as they come, its pauses
-    awaited; it ends when the events end or the client goes (the connection then closes)."""
+    """An SSE response: its pieces written in chunked encoding as the plan yields them; it ends when
+    the plan ends or the client goes (the connection then closes)."""
+    assert response.events is not None
     headers = {**response.headers, "Transfer-Encoding": "chunked", "Connection": "close"}
     writer.write(_head_bytes(response.status, headers))
-    gone = asyncio.ensure_future(reader.read(1))  # EOF (or anything) from the client: it stopped reading
-    reply: bool | None = None
-    try:
-        while True:
-            done, item = await step(events, reply)
-            if done:
-                break
-            if isinstance(item, Pause):
-                reply = await _pause_unless_gone(item, gone)
-                if reply is None:
-                    return
-            else:
-                reply = None
-                if item:
-                    writer.write(b"%x\r\n%s\r\n" % (len(item), item))
-                    await writer.drain()
+
+    async def write(piece: bytes) -> None:
+        if piece:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+
+    if await live.run(response.events, write) is not _GONE:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
-    finally:
-        gone.cancel()
-        events.close()
 
 
-async def _pause_unless_gone(pause: Pause, gone: asyncio.Future[bytes]) -> bool | None:
-    """The pause's outcome, or None when the client went first."""
-    waiting = asyncio.ensure_future(pause.watch.wait_async(pause.offset, pause.deadline))
-    await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
-    if not waiting.done():
-        waiting.cancel()
-        return None
-    return waiting.result()
+_GONE = object()  # what a live read returns when its client went away first
+
+
+class _LiveRead:
+    """Drives one live read's plan in the event loop: its `Read` and `Pause` requests go to the
+    stream's `SharedTail`, joined for the plan's life; a read the tail cannot answer runs in the loop
+    (a standalone stream's is one indexed query) or in a worker thread (a workflow stream's)."""
+
+    def __init__(self, tails: _Tails, client: asyncio.StreamReader | None) -> None:
+        self._tails = tails
+        self._tail: SharedTail | None = None
+        self._seen = 0  # the tail's generation at the last read
+        self._gone = asyncio.ensure_future(client.read(1)) if client is not None else None  # EOF: it left
+
+    async def run(self, plan: Generator[Any, Any, Any], write: Callable[[bytes], Awaitable[None]] | None = None) -> Any:
+        """Carry out ``plan``: its result, or _GONE if the client left first. A read's error (the
+        stream went) goes back into the plan, which decides what to answer."""
+        reply: Any = None
+        error: Exception | None = None
+        try:
+            while True:
+                try:
+                    request = plan.throw(error) if error is not None else plan.send(reply)
+                except StopIteration as stop:
+                    return stop.value
+                reply, error = None, None
+                if isinstance(request, Read):
+                    try:
+                        reply = await self._read(request)
+                    except (HttpError, LitedurError) as exc:
+                        error = exc
+                elif isinstance(request, Pause):
+                    reply = await self._pause(request)
+                    if reply is _GONE:
+                        return _GONE
+                else:
+                    assert write is not None
+                    reply = await write(request)
+        finally:
+            plan.close()
+            self._leave()
+
+    async def _read(self, request: Read) -> Chunk:
+        tail = self._join(request.view)
+        self._seen = tail.generation
+        chunk = tail.chunk(request.offset)
+        if chunk is not None:
+            return chunk
+        if request.view.reads_block:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._tails.workers, request.view.read, request.offset)
+        chunk = request.view.read(request.offset)
+        tail.keep(request.offset, chunk)  # read in the loop, where bumps happen: none came in between
+        return chunk
+
+    async def _pause(self, request: Pause) -> Any:
+        waiting = self._join(request.view).wait(self._seen, request.deadline)
+        if self._gone is None:
+            return await waiting
+
+        def client_gone(_: object) -> None:
+            waiting.cancel()
+
+        self._gone.add_done_callback(client_gone)
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            if self._gone.done():
+                return _GONE
+            raise  # the server is closing
+        finally:
+            self._gone.remove_done_callback(client_gone)
+
+    def _join(self, view: StreamView) -> SharedTail:
+        if self._tail is None:
+            self._tail = self._tails.join(view)
+        return self._tail
+
+    def _leave(self) -> None:
+        if self._tail is not None:
+            self._tails.leave(self._tail)
+            self._tail = None
+        if self._gone is not None:
+            self._gone.cancel()
+
+
+# ---- shared tails: one follower per stream, whatever its number of live readers -----------------
+
+
+class SharedTail:
+    """The live readers of one stream in this process's event loop, woken together.
+
+    A follower (see the subclasses) learns of each change after it committed and bumps the
+    generation, which wakes every waiting reader. What readers read in a generation is kept (and a
+    follower may publish what it read itself), so the readers at one offset share one read and one
+    encoded event per change: a reader costs a wake-up and a socket write, not a query.
+    """
+
+    def __init__(self, key: tuple[str, ...]) -> None:
+        self.key = key
+        self.generation = 0
+        self.readers = 0
+        self._loop = asyncio.get_running_loop()
+        self._waiting: set[asyncio.Future[bool]] = set()
+        self._chunks: dict[str, Chunk] = {}
+
+    def bump(self, offset: str | None = None, chunk: Chunk | None = None) -> None:
+        """A change: a new generation (with ``chunk``, read from ``offset`` since); wake the waiters."""
+        self.generation += 1
+        self._chunks.clear()
+        if offset is not None and chunk is not None:
+            self._chunks[offset] = chunk
+        waiting, self._waiting = self._waiting, set()
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def chunk(self, offset: str) -> Chunk | None:
+        """What was read from ``offset`` in this generation, if anyone did."""
+        return self._chunks.get(offset)
+
+    def keep(self, offset: str, chunk: Chunk) -> None:
+        self._chunks[offset] = chunk
+
+    def wait(self, seen: int, deadline: float) -> asyncio.Future[bool]:
+        """A future: True at the first bump after generation ``seen``, False at ``deadline``."""
+        waiter = self._loop.create_future()
+        if seen != self.generation:
+            waiter.set_result(True)
+            return waiter
+        self._waiting.add(waiter)
+        timer = self._loop.call_at(deadline, _settle, waiter, False)  # the loop's clock is time.monotonic
+        waiter.add_done_callback(lambda done: (timer.cancel(), self._waiting.discard(done)))
+        return waiter
+
+    def close(self) -> None:
+        """The last reader left: stop following."""
+
+
+class InterestTail(SharedTail):
+    """Follows a standalone stream: an `Interest` in its change key, rung at once by an append of this
+    process, through the change feed for another process's."""
+
+    def __init__(self, key: tuple[str, ...], interest: Interest) -> None:
+        super().__init__(key)
+        self._interest = interest
+        self._follower = self._loop.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        while True:
+            self._interest.arm()  # before the bump: a change from now on rings again
+            self.bump()
+            await self._interest.wait_async(None)
+
+    def close(self) -> None:
+        self._follower.cancel()
+        self._interest.close()
+
+
+class ReaderTail(SharedTail):
+    """Follows a workflow stream: its `StreamView.follow` runs in a thread of its own (a stream
+    reader blocks), and each value batch it reads becomes a bump that carries it."""
+
+    def __init__(self, key: tuple[str, ...], view: StreamView, threads: _Threads) -> None:
+        super().__init__(key)
+        self._stopping = False
+        threads.run(self._follow, view)
+
+    def _follow(self, view: StreamView) -> None:
+        try:
+            for offset, chunk in view.follow(lambda: self._stopping):
+                self._loop.call_soon_threadsafe(self.bump, offset, chunk)
+        except Exception as exc:  # e.g. the workflow was deleted: readers re-read and learn it
+            logger.debug("following %s ends: %s", self.key, exc)
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self.bump)
+
+    def close(self) -> None:
+        self._stopping = True
+
+
+class _Tails:
+    """The shared tails of the streams being read live, by `StreamView.tail_key` (event loop only)."""
+
+    def __init__(self, signals: WorkflowSignals, workers: ThreadPoolExecutor) -> None:
+        self._signals = signals
+        self.workers = workers  # reads that may block run here
+        self._followers = _Threads("litedur-serve-follow")
+        self._tails: dict[tuple[str, ...], SharedTail] = {}
+
+    def join(self, view: StreamView) -> SharedTail:
+        tail = self._tails.get(view.tail_key)
+        if tail is None:
+            if view.change_key is not None:
+                tail = InterestTail(view.tail_key, self._signals.interest(view.change_key))
+            else:
+                tail = ReaderTail(view.tail_key, view, self._followers)
+            self._tails[view.tail_key] = tail
+        tail.readers += 1
+        return tail
+
+    def readers(self) -> int:
+        return sum(tail.readers for tail in list(self._tails.values()))
+
+    def leave(self, tail: SharedTail) -> None:
+        tail.readers -= 1
+        if tail.readers == 0 and self._tails.get(tail.key) is tail:
+            del self._tails[tail.key]
+            tail.close()
+
+
+class _Threads:
+    """Daemon threads that run blocking jobs, kept for the next job when idle (a thread's SQLite
+    connection lives as long as its storage: threads made per job would pile them up), and never
+    holding up the process's exit."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def run(self, job: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            start = self._idle == 0  # else an idle thread takes the job
+            if not start:
+                self._idle -= 1
+        self._jobs.put((job, args))
+        if start:
+            threading.Thread(target=self._work, name=self._name, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            job, args = self._jobs.get()
+            try:
+                job(*args)
+            except Exception:
+                logger.exception("a %s job failed", self._name)
+            with self._lock:
+                self._idle += 1
+
+
+def _settle(future: asyncio.Future[bool], result: bool) -> None:
+    if not future.done():
+        future.set_result(result)

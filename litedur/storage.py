@@ -9,6 +9,7 @@ on a lock upgrade) and its docstring says what it guarantees. Rows come back as 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 import threading
@@ -36,6 +37,7 @@ MAX_REMEMBERED_OFFSETS = 4096  # streams whose next offset append_one keeps in m
 
 OPEN, CLOSED_BY_WORKFLOW, CLOSED_BY_TERMINATION = 0, 1, 2
 END_OF_STREAM = -1  # encoding of the entry that closing a stream appends after its last value
+BEING_REMOVED = "id of a deleted workflow whose rows are still being removed"  # the trigger's words
 STREAM_DELETED = -2  # encoding an end entry takes when its workflow is deleted: readers stop with an error
 AUTO_VACUUM_INCREMENTAL = 2
 ACTIVE_STATUSES = ("PENDING", "ENQUEUED")
@@ -44,6 +46,8 @@ CASCADE_REASON = "cancelled with its parent"  # how a child's cancel reason star
 WRITE_STREAM_STEP = "litedur.write_stream"
 SET_EVENT_STEP = "litedur.set_event"
 ANY_UNOWNED = ""  # the change key bumped when PENDING work without an executor appears (resume, fork)
+
+log = logging.getLogger("litedur")
 
 MIGRATIONS: list[str] = [
     # version 1
@@ -193,6 +197,23 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE purging (workflow_id TEXT PRIMARY KEY, deleted_at REAL NOT NULL) WITHOUT ROWID;
     CREATE INDEX messages_by_workflow ON messages (workflow_id);
+    CREATE INDEX workflows_finished ON workflows (updated_at)
+        WHERE status IN ('SUCCESS', 'ERROR', 'CANCELLED', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED');
+    CREATE TRIGGER workflow_id_being_deleted BEFORE INSERT ON workflows
+        WHEN EXISTS (SELECT 1 FROM purging WHERE workflow_id = NEW.workflow_id) BEGIN
+        SELECT RAISE(ABORT, 'litedur: id of a deleted workflow whose rows are still being removed');
+    END;
+    CREATE TABLE streams_numbered_once (  -- a deleted stream's id is never given to another stream
+        stream_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        closed INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (workflow_id, key)
+    );
+    INSERT INTO streams_numbered_once (stream_id, workflow_id, key, closed)
+        SELECT stream_id, workflow_id, key, closed FROM streams;
+    DROP TABLE streams;
+    ALTER TABLE streams_numbered_once RENAME TO streams;
     """,
     # version 5: standalone HTTP streams of `litedur serve` (see the "HTTP streams" section). Stream ids
     # are never reused (AUTOINCREMENT): ETags and forks name streams by id.
@@ -584,6 +605,11 @@ class SQLiteStorage:
             return DatabaseError(f"cannot {what}: {self.path} is corrupt or not a database ({exc})")
         if isinstance(exc, (apsw.CantOpenError, apsw.IOError, apsw.PermissionsError)):
             return DatabaseError(f"cannot {what}: I/O error on {self.path} ({exc})")
+        if isinstance(exc, apsw.ConstraintError) and BEING_REMOVED in str(exc):
+            return WorkflowConflictError(
+                f"cannot {what}: the id belongs to a deleted workflow whose rows are still being removed; "
+                "a collection finishes that (Client.garbage_collect, litedur gc), or use another id"
+            )
         return exc
 
     def close(self) -> None:
@@ -609,8 +635,8 @@ class SQLiteStorage:
                 f"{SCHEMA_VERSION}: upgrade litedur"
             )
         if version == SCHEMA_VERSION:
-            if not _gives_space_back(conn) and not _is_readonly(conn):
-                _use_incremental_vacuum(conn)  # an upgrade cut short between its commit and its VACUUM
+            if create and not _gives_space_back(conn) and not _is_readonly(conn):
+                self._use_incremental_vacuum(conn)  # an upgrade cut short between its commit and its VACUUM
             return
         if version == 0 and not create:  # an empty file: a reader must not turn it into a database
             raise DatabaseError(f"no litedur database at {self.path} (the file is empty)")
@@ -638,7 +664,22 @@ class SQLiteStorage:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        _use_incremental_vacuum(conn)
+        if create:
+            self._use_incremental_vacuum(conn)
+
+    def _use_incremental_vacuum(self, conn: apsw.Connection) -> None:
+        """Let the file give deleted pages back (``PRAGMA incremental_vacuum``): set the mode and rebuild
+        the file once with VACUUM (outside a transaction, atomic; instant for a new file). Only an
+        Engine does it, best effort: a file that cannot be rebuilt now (no room for the copy, a long
+        lock) works as before and is tried again at the next launch."""
+        if _gives_space_back(conn):
+            return
+        try:
+            conn.execute(f"PRAGMA auto_vacuum = {AUTO_VACUUM_INCREMENTAL}")
+            conn.execute("VACUUM")
+        except apsw.Error as exc:
+            log.warning("could not set up %s to give deleted space back (VACUUM failed: %s); collection "
+                        "still deletes, and the file is set up at a later launch", self.path, exc)  # fmt: skip
 
     @staticmethod
     def _inspect(conn: apsw.Connection) -> tuple[int, int, int]:
@@ -734,7 +775,12 @@ class SQLiteStorage:
                     conn.execute(_INSERT_STEP, checkpoint)
             assert existing is not None
             return created, existing
-        if self._commit_one(_INSERT_WORKFLOW, row, f"create workflow {workflow_id!r}") == 1:
+        try:
+            created = self._commit_one(_INSERT_WORKFLOW, row, f"create workflow {workflow_id!r}") == 1
+        except WorkflowConflictError:
+            self._finish_purges()  # a collection deleted this id and had not finished (or crashed)
+            created = self._commit_one(_INSERT_WORKFLOW, row, f"create workflow {workflow_id!r}") == 1
+        if created:
             return True, row
         existing = self.get_workflow(workflow_id)  # rows are never deleted: it is there
         assert existing is not None
@@ -962,7 +1008,7 @@ class SQLiteStorage:
                 offset = last[0][0] + 1 if last else 0
                 conn.execute(_INSERT_ENTRY, (stream_id, offset, *row[2:6]))
             conn.execute("COMMIT")
-        except (apsw.Error, WorkflowCancelledError, StaleRunError) as exc:
+        except BaseException as exc:
             if not conn.get_autocommit():
                 conn.execute("ROLLBACK")
             if isinstance(exc, apsw.Error):
@@ -1627,12 +1673,31 @@ class SQLiteStorage:
 
     # ---- retention: deletion, space, backup --------------------------------------------------
 
-    def collectable_workflows(self, ended_before: float | None, keep_last: int | None, limit: int) -> list[str]:
-        """Up to ``limit`` finished workflows that ended before ``ended_before`` or are not among the
-        newest ``keep_last`` finished ones (either rule alone when the other is None)."""
+    def collection_cutoff(self, ended_before: float | None, keep_last: int | None) -> float | None:
+        """The end time before which finished workflows go: ``ended_before``, or later if more than
+        ``keep_last`` finished workflows ended after it (the end of the newest ``keep_last``-th)."""
+        if keep_last is None:
+            return ended_before
+        if keep_last == 0:
+            return float("inf")
         with self._read("find workflows to collect") as conn:
-            rows = conn.execute(_COLLECTABLE, (ended_before, ended_before, keep_last, keep_last, limit)).fetchall()
-        return [row[0] for row in rows]
+            rows = conn.execute(_NTH_NEWEST_FINISHED, (keep_last - 1,)).fetchall()
+        if not rows:  # at most keep_last finished workflows
+            return ended_before
+        return rows[0][0] if ended_before is None else max(rows[0][0], ended_before)
+
+    def collectable_workflows(self, ended_before: float, limit: int) -> list[str]:
+        """Up to ``limit`` (-1: all) finished workflows that ended before ``ended_before``, oldest first,
+        leaving out children of workflows still running (their parent may still ask for their result)."""
+        with self._read("find workflows to collect") as conn:
+            return [row[0] for row in conn.execute(_COLLECTABLE, (ended_before, limit)).fetchall()]
+
+    def collect_batch(self, ended_before: float, limit: int) -> list[str]:
+        """`delete_workflows` on the next `collectable_workflows`, chosen in the same transaction (so a
+        workflow resumed and ended meanwhile is not taken for an old one)."""
+        with self._write("delete workflows") as conn:
+            chosen = [row[0] for row in conn.execute(_COLLECTABLE, (ended_before, limit)).fetchall()]
+            return _delete_workflows(conn, chosen)
 
     def workflow_family(self, workflow_id: str) -> list[WorkflowRow]:
         """A workflow's row and its descendants' (children, their children, ...), the workflow first."""
@@ -1654,21 +1719,12 @@ class SQLiteStorage:
         stops with an error where the values end, and the rest (steps, stream entries, events,
         messages) is queued for `purge_some`.
         """
-        deleted = []
         with self._write("delete workflows") as conn:
-            for workflow_id in workflow_ids:
-                conn.execute(_DELETE_FINISHED, (workflow_id,))
-                if conn.changes() == 0:
-                    continue
-                conn.execute("INSERT OR IGNORE INTO purging (workflow_id, deleted_at) VALUES (?, ?)",
-                             (workflow_id, time.time()))  # fmt: skip
-                conn.execute(_MARK_STREAMS_DELETED, (STREAM_DELETED, workflow_id, END_OF_STREAM))
-                _bump(conn, workflow_id)
-                deleted.append(workflow_id)
-        return deleted
+            return _delete_workflows(conn, workflow_ids)
 
-    def purge_some(self, max_rows: int) -> tuple[int, int]:
-        """Remove up to about ``max_rows`` rows of deleted workflows in one short transaction.
+    def purge_some(self, max_rows: int, max_seconds: float) -> tuple[int, int]:
+        """Remove up to about ``max_rows`` rows of deleted workflows in one short transaction that
+        stops taking more after ``max_seconds``.
 
         Returns ``(rows, values)`` removed (values: stream entries); ``(0, 0)`` when nothing is left.
         A stream's entries go from its end backwards, so what a reader still finds is always a
@@ -1676,12 +1732,18 @@ class SQLiteStorage:
         """
         rows = values = 0
         with self._write("remove rows of deleted workflows") as conn:
-            for (workflow_id,) in conn.execute("SELECT workflow_id FROM purging").fetchall():
+            stop_at = time.monotonic() + max_seconds
+            for (workflow_id,) in conn.execute("SELECT workflow_id FROM purging LIMIT 20").fetchall():
                 removed, removed_values = _purge_workflow_rows(conn, workflow_id, max_rows - rows)
                 rows, values = rows + removed, values + removed_values
-                if rows >= max_rows:
+                if rows >= max_rows or time.monotonic() > stop_at:
                     break
         return rows, values
+
+    def _finish_purges(self) -> None:
+        """Remove every row deleted workflows left, in short commits (see `purge_some`)."""
+        while self.purge_some(1_000, 0.002)[0]:
+            pass
 
     def vacuum_some(self, max_pages: int) -> int:
         """Give up to ``max_pages`` free pages back to the file system (one short write); how many.
@@ -1976,7 +2038,7 @@ class _BusyWait:
             self._since = now
         elif now - self._since > BUSY_TIMEOUT_MS / 1000:
             return False
-        time.sleep(min(0.0001 * 1.5**count, 0.005))
+        time.sleep(min(0.0001 * 1.5 ** min(count, 20), 0.005))
         return True
 
 
@@ -1997,14 +2059,16 @@ _ENQUEUE_WORKFLOW = (
 )
 _FINAL_LIST = "('SUCCESS', 'ERROR', 'CANCELLED', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')"
 _COLLECTABLE = (
-    f"SELECT workflow_id FROM workflows WHERE status IN {_FINAL_LIST} AND ((? IS NOT NULL AND updated_at < ?) "
-    f"OR (? IS NOT NULL AND workflow_id NOT IN (SELECT workflow_id FROM workflows WHERE status IN {_FINAL_LIST} "
-    "ORDER BY updated_at DESC, rowid DESC LIMIT ?))) ORDER BY updated_at LIMIT ?"
+    f"SELECT workflow_id FROM workflows w WHERE status IN {_FINAL_LIST} AND updated_at < ? AND NOT EXISTS "
+    "(SELECT 1 FROM workflows p WHERE p.workflow_id = w.parent_id AND p.status IN ('PENDING', 'ENQUEUED')) "
+    "ORDER BY updated_at LIMIT ?"
 )
-_MARK_STREAMS_DELETED = (  # the end entry of each stream of a workflow: one index seek per stream
-    "UPDATE stream_entries SET encoding = ? WHERE (stream_id, offset) IN (SELECT s.stream_id, "
-    "(SELECT max(offset) FROM stream_entries e WHERE e.stream_id = s.stream_id) FROM streams s "
-    "WHERE s.workflow_id = ?) AND encoding = ?"
+_NTH_NEWEST_FINISHED = (
+    f"SELECT updated_at FROM workflows WHERE status IN {_FINAL_LIST} ORDER BY updated_at DESC LIMIT 1 OFFSET ?"
+)
+_MARK_STREAM_DELETED = (  # a stream's end entry: one seek to the end of the stream
+    "UPDATE stream_entries SET encoding = ? WHERE stream_id = ? AND encoding = ? AND offset = "
+    "(SELECT offset FROM stream_entries WHERE stream_id = ? ORDER BY offset DESC LIMIT 1)"
 )
 _DELETE_FINISHED = f"DELETE FROM workflows WHERE workflow_id = ? AND status IN {_FINAL_LIST}"
 _READ_STATE = f"SELECT {_STATE_COLUMNS} FROM workflows WHERE workflow_id = ?"
@@ -2055,8 +2119,8 @@ def _fence(conn: apsw.Connection, workflow_id: str, executor_id: str | None) -> 
     rows = conn.execute(
         "SELECT status, executor_id, cancel_reason FROM workflows WHERE workflow_id = ?", (workflow_id,)
     ).fetchall()
-    if not rows:
-        raise WorkflowNotFoundError(workflow_id)
+    if not rows:  # deleted (a cancelled workflow whose run had not stopped yet)
+        raise StaleRunError(f"workflow {workflow_id!r} was deleted; this run of it (executor {executor_id!r}) stops")
     status, owner, reason = rows[0]
     if status == "PENDING" and owner == executor_id:
         return
@@ -2092,14 +2156,20 @@ def _gives_space_back(conn: apsw.Connection) -> bool:
     return conn.execute("PRAGMA auto_vacuum").fetchall()[0][0] == AUTO_VACUUM_INCREMENTAL
 
 
-def _use_incremental_vacuum(conn: apsw.Connection) -> None:
-    """Let the file give deleted pages back (``PRAGMA incremental_vacuum``): set the mode and rebuild
-    the file once with VACUUM (outside a transaction, atomic; small for a new file). Every open of a
-    file at the current version checks it, so an upgrade cut short here is finished next time."""
-    if _gives_space_back(conn):
-        return
-    conn.execute(f"PRAGMA auto_vacuum = {AUTO_VACUUM_INCREMENTAL}")
-    conn.execute("VACUUM")
+def _delete_workflows(conn: apsw.Connection, workflow_ids: Sequence[str]) -> list[str]:
+    deleted = []
+    now = time.time()
+    for workflow_id in workflow_ids:
+        conn.execute(_DELETE_FINISHED, (workflow_id,))
+        if conn.changes() == 0:
+            continue
+        conn.execute("INSERT OR IGNORE INTO purging (workflow_id, deleted_at) VALUES (?, ?)", (workflow_id, now))
+        streams = conn.execute("SELECT stream_id FROM streams WHERE workflow_id = ?", (workflow_id,)).fetchall()
+        for (stream_id,) in streams:
+            conn.execute(_MARK_STREAM_DELETED, (STREAM_DELETED, stream_id, END_OF_STREAM, stream_id))
+        _bump(conn, workflow_id)
+        deleted.append(workflow_id)
+    return deleted
 
 
 def _purge_workflow_rows(conn: apsw.Connection, workflow_id: str, budget: int) -> tuple[int, int]:

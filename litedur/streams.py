@@ -20,6 +20,7 @@ value committed together with the final status is delivered first.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections import deque
@@ -39,6 +40,7 @@ MAX_PENDING = 100_000
 QUIET_GAP = 0.001  # a value written this long after the previous one is committed at once, not queued
 _TAKE, _READ, _WAIT, _END = "take", "read", "wait", "end"  # what a reader finds at its offset (see StreamTail.look)
 _WAITING, _WOKEN, _GONE = 0, 1, 2  # a sleeper's state
+_scan_json = json.JSONDecoder().scan_once  # json.loads without its wrappers (see StreamTails.decode)
 
 
 def check_key(key: Any) -> str:
@@ -85,8 +87,7 @@ class StreamTail:
         self.version = 0
         self.users = 0
         self._lock = threading.Lock()
-        self._sizes: list[int] = []  # bytes of each value in state, for the WINDOW_BYTES bound
-        self._bytes = 0
+        self._bytes = 0  # of the values in state (encoded), for the WINDOW_BYTES bound
         self._leader = False  # a reader thread (or the keeper) is reading past the end for everyone
         self._caught_up = False  # the last read, made with _waiter armed, got all there was
         self._sleepers: list[_Sleeper] = []
@@ -134,10 +135,14 @@ class StreamTail:
             self._found(stream_id)
         assert self.stream_id is not None
         rows, ended = storage.read_values(self.stream_id, offset, BATCH, True, self.workflow_id)
+        state = self.state
+        if not rows and not ended and state is not None and offset < state[0]:
+            raise DatabaseError(f"stream {self.key!r} of workflow {self.workflow_id!r} has no value at offset "
+                                f"{offset}, though it had values after it")  # fmt: skip
         if rows or ended or offset == 0:
             if len(rows) < BATCH or ended:
                 self._start_window(offset, rows, ended)
-        else:  # nothing at offset: the window starts at the end, which may be before offset
+        elif state is None:  # nothing at offset: the window starts at the end, which may be before offset
             length, ended = storage.stream_end(self.stream_id)
             if length <= offset:
                 self._start_window(length, [], ended)
@@ -149,36 +154,40 @@ class StreamTail:
             self._waiter.stream_id = stream_id
 
     def _start_window(self, start: int, rows: list[tuple[int, Any]], ended: bool) -> None:
-        entries, sizes = self._entries(rows)
+        entries, size = self._entries(rows)
         with self._lock:
             if self.state is not None:
                 return
             self.state = (start, entries, ended)
-            self._sizes, self._bytes = sizes, sum(sizes)
+            self._bytes = size
             self.version += 1
         if ended:
             self._tails.forget(self)
 
-    def _entries(self, rows: list[tuple[int, Any]]) -> tuple[list[Any], list[int]]:
-        """Window entries for encoded values: strings and numbers decoded once, the rest left encoded."""
-        decode, unpickle = self._tails.codec.decode, self._tails.unpickle
-        entries, sizes = [], []
+    def _entries(self, rows: list[tuple[int, Any]]) -> tuple[list[Any], int]:
+        """Window entries for encoded values (strings and numbers decoded once, the rest left
+        encoded), and their size in bytes."""
+        decode = self._tails.decode
+        entries, size = [], 0
         for encoding, data in rows:
             if encoding == TEXT:
                 entries.append(data)
             elif encoding == JSON and data[:1] != "{" and data[:1] != "[":
-                entries.append(decode(encoding, data, unpickle=unpickle))
+                entries.append(decode(encoding, data))
             else:
                 entries.append(_Encoded(encoding, data))
-            sizes.append(len(data))
-        return entries, sizes
+            size += len(data)
+        return entries, size
 
     # ---- waiting at the end -----------------------------------------------------------------
 
-    def wait(self, offset: int, version: int, deadline: float | None, sleeper: _Sleeper) -> bool:
+    def wait(
+        self, offset: int, version: int, deadline: float | None, sleeper: _Sleeper, buffer: deque[Any]
+    ) -> bool | None:
         """Block a reader thread at the window's end until the window changes (True) or ``deadline``
-        passes (False). The first to wait leads: it sleeps on the file's wake-up and reads past the
-        end for everyone; the others sleep until it (or whoever leads next) wakes them."""
+        passes: False after a read of its own that found nothing, None if another reader was
+        reading for it right then. The first to wait leads: it sleeps on the file's wake-up and
+        reads past the end for everyone; the others sleep until it (or whoever leads next) wakes them."""
         with self._lock:
             if self.version != version:
                 return True
@@ -188,19 +197,19 @@ class StreamTail:
             else:
                 sleeper.state = _WAITING
                 self._sleepers.append(sleeper)
-        return self._lead(offset, deadline) if lead else self._sleep(sleeper, offset, deadline)
+        return self._lead(offset, buffer, deadline) if lead else self._sleep(sleeper, offset, buffer, deadline)
 
-    def _lead(self, offset: int, deadline: float | None) -> bool:
+    def _lead(self, offset: int, buffer: deque[Any], deadline: float | None) -> bool:
         changed = False
         try:
-            waiter = self.waiter
+            waiter = self._waiter or self.waiter
             while True:
                 if self._caught_up and (deadline is None or time.monotonic() < deadline):
                     # The last read got everything visible with the waiter armed before it: any
                     # commit since then ends the wait below at once. No need to ask again first.
                     self._caught_up = False
                 else:  # (a deadline is only ever declared passed after a read)
-                    changed = self._refresh(waiter)
+                    changed = self._refresh(waiter, None, offset, buffer)
                     if changed:
                         waiter.progressed()
                         return True
@@ -212,19 +221,28 @@ class StreamTail:
             if not changed:
                 self._leave()
 
-    def _sleep(self, sleeper: _Sleeper, offset: int, deadline: float | None) -> bool:
+    def _sleep(self, sleeper: _Sleeper, offset: int, buffer: deque[Any], deadline: float | None) -> bool | None:
         timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-        if not sleeper.lock.acquire(timeout=timeout):
+        try:
+            woken = sleeper.lock.acquire(timeout=timeout)
+        except BaseException:  # (KeyboardInterrupt) a wake it got goes on to the next sleeper
             with self._lock:
-                woken = sleeper.state != _WAITING
+                passed_on = sleeper.state == _WOKEN
+                sleeper.state = _GONE
+            if passed_on:
+                self._wake_next()
+            raise
+        if not woken:
+            with self._lock:
+                woken = sleeper.state == _WOKEN
                 if not woken:  # leave (it may still sit in _waking, where it is skipped)
                     sleeper.state = _GONE
                     with contextlib.suppress(ValueError):
                         self._sleepers.remove(sleeper)
                     lead = not self._leader
                     self._leader = True
-            if not woken:  # one last read before giving up, unless another reader reads right now
-                return self._lead(offset, deadline) if lead else False
+            if not woken:  # one last read before giving up (as the leader, if nobody leads now)
+                return self._lead(offset, buffer, deadline) if lead else None
             sleeper.lock.acquire()  # woken just as the wait ended: take the wake, and pass it on
         self._wake_next()
         return True
@@ -253,90 +271,110 @@ class StreamTail:
         if waiting_async and not keeper:
             self._tails.keep(self, None)
 
-    def _refresh(self, waiter: Waiter | None, keeper_round: int | None = None) -> bool:
-        """Read past the window's end for every reader: the leader with this tail's ``waiter``, or the
-        keeper in its ``keeper_round``; True if the window changed (everyone woken, leadership ended)."""
+    def _refresh(
+        self, waiter: Waiter | None, keeper_round: int | None, offset: int = -1, buffer: deque[Any] | None = None
+    ) -> bool:
+        """Read past the window's end for every reader: the leader with this tail's ``waiter`` (and
+        its ``offset`` and ``buffer``), or the keeper in its ``keeper_round``; True if the window
+        changed (then everyone is woken and the leadership is over)."""
         start, values, _ = self.state  # type: ignore[misc]  # waits happen only at a window's end
         end = start + len(values)
         if waiter is not None:
             published = waiter.take_published(end)  # committed by this process: no query
             if published:
-                return self._append(published, False, caught_up=False, keeper_round=None)
+                return self._append(published, False, False, None, offset, buffer)
             waiter.arm()
         if self.stream_id is None:
             found = self._tails.storage.find_stream(self.workflow_id, self.key)
             if found is None:
                 raise WorkflowNotFoundError(self.workflow_id)
             if found[0] is None:
-                return found[1] and self._append([], True, caught_up=False, keeper_round=keeper_round)
+                return found[1] and self._append([], True, False, keeper_round)
             self._found(found[0])
         rows, ended = self._tails.storage.read_values(self.stream_id, end, BATCH, False, self.workflow_id)
         if not rows and not ended:
             return False
         caught_up = waiter is not None and len(rows) < BATCH and not ended
-        return self._append(rows, ended, caught_up=caught_up, keeper_round=keeper_round)
+        return self._append(rows, ended, caught_up, keeper_round, offset, buffer)
 
     def _append(
-        self, rows: list[tuple[int, Any]], ended: bool, *, caught_up: bool, keeper_round: int | None
+        self,
+        rows: list[tuple[int, Any]],
+        ended: bool,
+        caught_up: bool,
+        keeper_round: int | None,
+        offset: int = -1,
+        buffer: deque[Any] | None = None,
     ) -> bool:
-        entries, sizes = self._entries(rows)
+        """Add values read at the window's end, and wake everyone. A leader that is the stream's only
+        reader here (at ``offset``, the end) takes them into its ``buffer`` alone, and the window
+        just moves past them (a reader who comes later reads its own)."""
+        start, values, _ = self.state  # type: ignore[misc]
+        end = start + len(values)
+        if offset != end or self.users != 1:
+            buffer = None
+        if buffer is not None:
+            decode = self._tails.decode
+            buffer.extend([decode(encoding, data) for encoding, data in rows])
+            entries, size = [], 0
+        else:
+            entries, size = self._entries(rows)
         with self._lock:
-            start, values, _ = self.state  # type: ignore[misc]
-            values.extend(entries)
-            self._sizes.extend(sizes)
-            self._bytes += sum(sizes)
-            if len(values) > WINDOW or self._bytes > WINDOW_BYTES:
-                start, values = self._trimmed(start, values)
+            if buffer is not None:
+                start, values = end + len(rows), entries
+                self._bytes = 0
+            else:
+                values.extend(entries)
+                self._bytes += size
+                if len(values) > WINDOW or self._bytes > WINDOW_BYTES:
+                    start, values = self._trimmed(start, values)
             self.state = (start, values, ended)
             self.version += 1
             if keeper_round is not None:
                 self.kept = (keeper_round, self.version)
             self._caught_up = caught_up
             self._leader = False
-            self._waking.extend(self._sleepers)
-            self._sleepers = []
+            if self._sleepers:
+                self._waking.extend(self._sleepers)
+                self._sleepers = []
             woken, self._async = self._async, []
-        self._wake_next()
-        _resolve(woken, True)
+        if self._waking:
+            self._wake_next()
+        if woken:
+            _resolve(woken, True)
         if ended:
             self._tails.forget(self)
         return True
 
     def _trimmed(self, start: int, values: list[Any]) -> tuple[int, list[Any]]:
-        """Drop the oldest values down to half the bounds (readers still behind read their own)."""
-        drop, size = 0, self._bytes
-        while drop < len(values) - 1 and (len(values) - drop > WINDOW // 2 or size > WINDOW_BYTES // 2):
-            size -= self._sizes[drop]
-            drop += 1
-        self._sizes, self._bytes = self._sizes[drop:], size
-        return start + drop, values[drop:]
+        """Keep the newest values within half the bounds (bytes estimated from the mean size);
+        readers still behind read their own."""
+        keep, size = len(values), self._bytes
+        while keep > 1 and (keep > WINDOW // 2 or size > WINDOW_BYTES // 2):
+            size = size * (keep // 2) // keep
+            keep //= 2
+        self._bytes = size
+        return start + len(values) - keep, values[len(values) - keep :]
 
     # ---- async readers ----------------------------------------------------------------------
 
-    async def wait_async(self, version: int, deadline: float | None) -> bool:
-        """`wait` for a coroutine: it awaits a future that the next change resolves; while no
-        reader thread leads, the client's keeper thread reads for it."""
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+    def future(self, loop: Any, version: int) -> Any:
+        """Register an async reader of ``loop`` waiting at ``version``: a future that the next change
+        resolves (None: it changed already). While no reader thread leads, the keeper reads for it."""
         with self._lock:
             if self.version != version:
-                return True
+                return None
+            future = loop.create_future()
             self._async.append((loop, future))
             lead = self._leader
-        if not lead:
+        if not lead and self.kept != (self._tails.round, version):  # (keep checks again, locked)
             self._tails.keep(self, version)
-        timer = None
-        if deadline is not None:
-            timer = loop.call_later(max(0.0, deadline - time.monotonic()), _settle, future, False)
-        try:
-            return await future
-        finally:
-            if timer is not None:
-                timer.cancel()
-            with self._lock, contextlib.suppress(ValueError):
-                self._async.remove((loop, future))
+        return future
+
+    def drop_future(self, loop: Any, future: Any) -> None:
+        """An async reader stops waiting (its deadline passed, or it was cancelled)."""
+        with self._lock, contextlib.suppress(ValueError):
+            self._async.remove((loop, future))
 
     def keep(self, keeper_round: int) -> bool:
         """The keeper's read for this tail's async readers (unless a thread leads it now); True if
@@ -403,13 +441,29 @@ class StreamTails:
 
     def __init__(self, storage: SQLiteStorage, codec: Codec, unpickle: bool, feed: ChangeFeed, wait: str) -> None:
         self.storage, self.codec, self.unpickle, self.feed, self.wait = storage, codec, unpickle, feed, wait
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (a reader's __del__ may release it in a thread that holds it)
         self._tails: dict[tuple[str, str], StreamTail] = {}
         self._keeper: threading.Thread | None = None
         self._keeper_waiter: Waiter | None = None
         self._work = threading.Event()
-        self._round = 0  # the keeper's rounds: each arms its waiter, then reads every awaited tail
+        self.round = 0  # the keeper's rounds: each arms its waiter, then reads every awaited tail
         self._closed = False
+
+    def decode(self, encoding: int, data: Any) -> Any:
+        """A stored value, as `Codec.decode` gives it. Plain JSON goes to json's scanner alone: the
+        JSON litedur stores has no whitespace around it, so json.loads' wrappers would only cost time
+        (anything else, a malformed document included, takes the codec's way)."""
+        if encoding == JSON and type(data) is str:
+            try:
+                value, end = _scan_json(data, 0)
+            except (StopIteration, ValueError):
+                pass
+            else:
+                if end == len(data):
+                    return value
+        elif encoding == TEXT:
+            return data
+        return self.codec.decode(encoding, data, unpickle=self.unpickle)
 
     def acquire(self, workflow_id: str, key: str) -> StreamTail:
         """The tail of a stream for one more reader (`release` it when the reader is done)."""
@@ -447,15 +501,13 @@ class StreamTails:
                 if self._keeper is None:
                     self._keeper = threading.Thread(target=self._keep, name="litedur-stream-keeper", daemon=True)
                     self._keeper.start()
-                elif tail.kept == (self._round, version) and self._keeper_waiter is not None:
+                elif tail.kept == (self.round, version) and self._keeper_waiter is not None:
                     return
-            waiter = self._keeper_waiter
+                self._work.set()
+                if self._keeper_waiter is not None:  # (rung under the lock: the keeper closes it under it)
+                    self._keeper_waiter.ring()
         if closed:
             tail.fail_async(DatabaseError(f"stopped reading: the client of {self.storage.path} was closed"))
-            return
-        self._work.set()
-        if waiter is not None:
-            waiter.ring()
 
     def _keep(self) -> None:
         waiter = self.feed.waiter(self.wait)
@@ -467,8 +519,8 @@ class StreamTails:
                 with self._lock:
                     if self._closed:
                         return
-                    self._round += 1  # what an earlier round armed was used up by its wait
-                    keeper_round = self._round
+                    self.round += 1  # what an earlier round armed was used up by its wait
+                    keeper_round = self.round
                     tails = [tail for tail in self._tails.values() if tail.awaited()]
                 if not tails:
                     if not self._work.wait(IDLE_EXIT) and self._retire():
@@ -484,6 +536,9 @@ class StreamTails:
                     waiter.found_nothing()
                 waiter.wait(None)
         finally:
+            with self._lock:
+                if self._keeper_waiter is waiter:
+                    self._keeper_waiter = None
             waiter.close()
 
     def _retire(self) -> bool:
@@ -497,13 +552,13 @@ class StreamTails:
         """Stop the keeper; async readers still waiting raise DatabaseError."""
         with self._lock:
             self._closed = True
-            keeper, waiter = self._keeper, self._keeper_waiter
+            keeper = self._keeper
             tails = list(self._tails.values())
+            self._work.set()
+            if self._keeper_waiter is not None:
+                self._keeper_waiter.ring()
         for tail in tails:
             tail.fail_async(DatabaseError(f"stopped reading: the client of {self.storage.path} was closed"))
-        self._work.set()
-        if waiter is not None:
-            waiter.ring()
         if keeper is not None and keeper is not threading.current_thread():
             keeper.join()
 
@@ -563,7 +618,12 @@ class StreamReader(Iterator[Any]):
                     return True
                 continue
             refuse_on_loop("iterating read_stream()", "read_stream_async()")
-            if not self._tail.wait(self.offset, found, deadline, self._sleeper):
+            changed = self._tail.wait(self.offset, found, deadline, self._sleeper, self._buffer)
+            if self._buffer:  # (read by this reader alone, as the stream's only reader)
+                return True
+            if changed is None and self._read_own():  # a last read of its own before giving up
+                return True
+            if not changed and not self._ended:
                 raise self._timed_out()
 
     def _look(self) -> tuple[str, Any]:
@@ -573,10 +633,9 @@ class StreamReader(Iterator[Any]):
             return _END, None
         kind, found = self._tail.look(self.offset)
         if kind is _TAKE:
-            decode, unpickle = self._tails.codec.decode, self._tails.unpickle
-            append = self._buffer.append
+            decode, append = self._tails.decode, self._buffer.append
             for value in found:
-                append(decode(value.encoding, value.data, unpickle=unpickle) if type(value) is _Encoded else value)
+                append(decode(value.encoding, value.data) if type(value) is _Encoded else value)
         elif kind is _END:
             self.close()
         return kind, found
@@ -584,9 +643,9 @@ class StreamReader(Iterator[Any]):
     def _read_own(self) -> bool:
         """Read from storage itself; True if values were buffered (when it also learns the end)."""
         rows, ended = self._tail.read(self.offset)
-        decode, unpickle, append = self._tails.codec.decode, self._tails.unpickle, self._buffer.append
+        decode, append = self._tails.decode, self._buffer.append
         for encoding, data in rows:
-            append(decode(encoding, data, unpickle=unpickle))
+            append(decode(encoding, data))
         if ended:
             self._ended = True
         return bool(rows)
@@ -630,6 +689,10 @@ class AsyncStreamReader(AsyncIterator[Any]):
 
     def __init__(self, reader: StreamReader) -> None:
         self._reader = reader
+        self._future: Any = None  # what the current wait awaits
+        self._deadline: float | None = None  # when it ends (time.monotonic, like the loop's clock)
+        self._timer: Any = None  # one timer per reader, moved on lazily: no timer per value
+        self._timer_loop: Any = None
 
     @property
     def offset(self) -> int:
@@ -650,18 +713,58 @@ class AsyncStreamReader(AsyncIterator[Any]):
             if kind is _TAKE:
                 return next(reader)
             if kind is _END:
+                self._stop_timer()
                 raise StopAsyncIteration
             if kind is _READ:
                 if await asyncio.to_thread(reader._read_own):
                     return next(reader)
                 continue
-            if not await reader._tail.wait_async(found, deadline):
+            if not await self._wait(asyncio.get_running_loop(), found, deadline):
                 if await asyncio.to_thread(reader._read_own):  # a last look of its own before giving up
                     return next(reader)
                 raise reader._timed_out()
 
+    async def _wait(self, loop: Any, version: int, deadline: float | None) -> bool:
+        """Await the next change of the tail (True), or ``deadline`` (False)."""
+        tail = self._reader._tail
+        future = tail.future(loop, version)
+        if future is None:
+            return True
+        self._future, self._deadline = future, deadline
+        if deadline is not None and (self._timer is None or self._timer_loop is not loop):
+            self._stop_timer()
+            self._timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, loop)
+            self._timer_loop = loop
+        changed = False
+        try:
+            changed = await future
+        finally:
+            self._future = None
+            if not changed:  # (a change took it off the tail's list already)
+                tail.drop_future(loop, future)
+        return changed
+
+    def _expire(self, loop: Any) -> None:
+        """The timer: end the current wait if its deadline passed, else come back at that deadline."""
+        self._timer = None
+        future, deadline = self._future, self._deadline
+        if future is None or future.done() or deadline is None:
+            return  # not waiting: the next wait sets a timer
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            self._timer = loop.call_later(remaining, self._expire, loop)
+        else:
+            future.set_result(False)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            with contextlib.suppress(RuntimeError):  # (its loop is closed)
+                self._timer.cancel()
+            self._timer = None
+
     def close(self) -> None:
         """Stop reading (see `StreamReader.close`)."""
+        self._stop_timer()
         self._reader.close()
 
 

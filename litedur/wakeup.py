@@ -1,9 +1,10 @@
 """Waking stream readers when the database changes, without busy polling.
 
-Each waiting reader owns a `Waiter`. A commit made in this process rings the bell of every waiter
-on that file through the process's `ChangeFeed`, so a local reader wakes directly. Commits made by
-other processes are seen as file-change events on the database's directory, watched by the waiter
-itself (inotify on Linux through ctypes, kqueue on BSD and macOS), so the kernel wakes the reader
+The readers of one stream in one client share one `Waiter`, which the reader that leads them sleeps
+on (see `streams`). A commit made in this process rings the bell of every waiter on that file
+through the process's `ChangeFeed`, so a local reader wakes directly. Commits made by other
+processes are seen as file-change events on the database's directory, watched by the waiter itself
+(inotify on Linux through ctypes, kqueue on BSD and macOS), so the kernel wakes the reading thread
 with no thread in between. Where no such notification exists, or when ``LITEDUR_WAIT=poll`` or
 ``wait="poll"`` asks for it, a waiter sleeps in slices that grow from 1 ms to 50 ms.
 
@@ -154,12 +155,12 @@ class ChangeFeed:
             watch.close()
 
     def _register(self, waiter: Waiter) -> None:
-        with self._lock:
-            self._waiting.add(waiter)
+        # No lock: adding is atomic, and a waiter checks the version after it, while `notify` bumps
+        # the version before it copies the set, so one of the two sees the other (a wait's hot path).
+        self._waiting.add(waiter)
 
     def _unregister(self, waiter: Waiter) -> None:
-        with self._lock:
-            self._waiting.discard(waiter)
+        self._waiting.discard(waiter)
 
 
 class Waiter:
@@ -226,16 +227,17 @@ class Waiter:
             timeout = min(timeout, max(0.0, deadline - time.monotonic()))
         self.woke_on_file_event = False
         feed = self._feed
-        feed._register(self)
+        waiting = feed._waiting
+        waiting.add(self)  # (as `ChangeFeed._register` does, on a wait's hot path)
         try:
-            if feed.version != self._seen:
+            if feed._version != self._seen:
                 return
             if self._poller is None:
                 self._bell.wait(timeout)
                 return
             ready = self._poller.poll(max(1, int(timeout * 1000 + 0.999)))
         finally:
-            feed._unregister(self)
+            waiting.discard(self)
         for fd, _ in ready:
             if fd == self._bell_fd:
                 self._bell.drain()

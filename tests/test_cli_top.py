@@ -127,6 +127,11 @@ def screens(drawn: bytes) -> list[list[str]]:
     return [plain(frame).splitlines() for frame in drawn.split(HOME)[1:]]
 
 
+def fills(lines: list[str], rows: int, columns: int) -> bool:
+    """Whether a redraw is complete on a terminal of that size (rich pads every line to the width)."""
+    return len(lines) == rows and all(len(line) == columns for line in lines)
+
+
 def plain(drawn: bytes) -> str:
     """The text drawn, each redraw starting on a line of its own."""
     return ESCAPES.sub(b"", drawn.replace(HOME, b"\n")).decode("utf-8", "replace")
@@ -212,13 +217,13 @@ def test_the_live_view_redraws_to_a_new_terminal_size_and_keeps_the_footer_on_th
     db = tmp_path / "a-file-with-a-rather-long-name-to-show-where-the-footer-is-cut.db"
     assert finish(spawn("cli_writer.py", db, "wf", 3)) == 0
     terminal = terminals(db, rows=12, columns=80)
-    lines = terminal.screen(lambda lines: len(lines) == 12 and lines[-1].startswith("q to quit"))
-    assert lines[0].startswith("workflows 1 ") and lines[-1].rstrip().endswith("…")  # cut to 80 columns
-    assert all(len(line) == 80 for line in lines)
+    lines = terminal.screen(lambda lines: fills(lines, 12, 80))
+    assert lines[0].startswith("workflows 1 ")
+    assert lines[-1].startswith("q to quit") and lines[-1].rstrip().endswith("…")  # cut to 80 columns
     mark = len(terminal.output)
     terminal.resize(30, 200)
-    lines = terminal.screen(lambda lines: len(lines) == 30 and lines[-1].startswith("q to quit"), since=mark)
-    assert lines[-1].rstrip().endswith(str(db)) and all(len(line) == 200 for line in lines)
+    lines = terminal.screen(lambda lines: fills(lines, 30, 200), since=mark)
+    assert lines[-1].startswith("q to quit") and lines[-1].rstrip().endswith(str(db))
     terminal.type(b"q")
     assert terminal.exit_code() == 0
 

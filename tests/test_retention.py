@@ -221,11 +221,18 @@ def test_an_older_file_is_upgraded_to_give_space_back(tmp_path):
     db.execute("PRAGMA user_version = 3")
     assert db.execute("PRAGMA auto_vacuum").fetchall()[0][0] == 0
     db.close()
-    with litedur.Client(path) as client:
+    def auto_vacuum() -> int:
+        db = apsw.Connection(str(path))
+        try:
+            return db.execute("PRAGMA auto_vacuum").fetchall()[0][0]
+        finally:
+            db.close()
+
+    with litedur.Client(path) as client:  # a reader upgrades the schema but never rebuilds the file
         assert client.info()["schema_version"] == litedur.storage.SCHEMA_VERSION
-    db = apsw.Connection(str(path))
-    assert db.execute("PRAGMA auto_vacuum").fetchall()[0][0] == 2
-    db.close()
+    assert auto_vacuum() == 0
+    litedur.Engine(path).close()  # an engine does, once
+    assert auto_vacuum() == 2
 
 
 def test_engine_retention_collects_in_the_background(engines, tmp_path, monkeypatch):
@@ -300,3 +307,97 @@ def test_recovery_and_exhausted_recoveries_are_logged(engines, tmp_path, caplog)
                  "from dead executor first-executor")
     assert recovered in messages
     assert any(f"workflow {fragile_id} (fragile) reached MAX_RECOVERY_ATTEMPTS_EXCEEDED" in m for m in messages)
+
+
+def test_out_of_range_arguments_are_refused(app):
+    for bad in (float("nan"), float("inf"), -1):
+        with pytest.raises(ValueError, match="older_than must be"):
+            app.garbage_collect(older_than=bad)
+    with pytest.raises(ValueError, match="keep_last must be"):
+        app.garbage_collect(keep_last=2**63)
+    with pytest.raises(ValueError, match="retention must be"):
+        litedur.Engine(app.path, retention=float("nan"))
+
+
+@pytest.mark.parametrize("group_writes", [True, False], ids=["grouped", "one commit per value"])
+def test_deleting_a_cancelled_workflow_whose_step_still_runs_stops_the_run_cleanly(engines, tmp_path, group_writes):
+    app = engines(tmp_path / "c.db", group_writes=group_writes)
+    release, writing = threading.Event(), threading.Event()
+
+    @app.step(name="slow")
+    def slow() -> None:
+        app.write_stream(KEY, 1)
+        writing.set()
+        release.wait(20)
+        app.write_stream(KEY, 2)  # the workflow is gone by now
+
+    @app.workflow(name="doomed")
+    def doomed() -> None:
+        slow()
+
+    @app.workflow(name="other")
+    def other(n: int) -> int:
+        app.write_stream(KEY, n)
+        return n
+
+    app.launch()
+    handle = app.start_workflow(doomed)
+    assert writing.wait(20)
+    assert app.cancel_workflow(handle.workflow_id)
+    assert app.delete_workflow(handle.workflow_id).workflows == [handle.workflow_id]
+    release.set()
+    with pytest.raises((litedur.WorkflowNotFoundError, litedur.StaleRunError, litedur.WorkflowCancelledError)):
+        handle.get_result(timeout=20)
+    assert other(7) == 7  # the file is not left locked by the stopped run
+    with litedur.Client(app.path) as client:
+        assert client.get_status(app.list_workflows()[0].workflow_id).status == "SUCCESS"
+
+
+def test_a_reader_of_a_deleted_workflow_never_reads_a_newer_stream(app, tmp_path):
+    with litedur.SetWorkflowID("old"):
+        app.streamer(20_000)  # more than a reader fetches at once
+    reader = app.read_stream("old", KEY)
+    assert [next(reader)["i"] for _ in range(5)] == list(range(5))
+    app.delete_workflow("old")
+    with litedur.SetWorkflowID("new"):
+        app.streamer(3_000)
+    rest = []
+    with pytest.raises(litedur.WorkflowNotFoundError, match="'old'"):
+        for value in reader:
+            rest.append(value["i"])
+    assert rest == list(range(5, 5 + len(rest))) and len(rest) < 20_000 - 5  # the old stream's, in order
+    assert [stream.length for stream in app.list_streams("new")] == [3_000]
+    assert [value["i"] for value in app.read_stream("new", KEY, start=2_998)] == [2_998, 2_999]
+
+
+def test_an_id_deleted_but_not_yet_purged_can_run_again(app, tmp_path):
+    with litedur.SetWorkflowID("again"):
+        app.streamer(500)
+    assert app._storage.delete_workflows(["again"]) == ["again"]  # a collection that crashed here
+    assert rows_of(tmp_path / "r.db", "again")["steps"] == 2  # set_event and produce
+    with litedur.SetWorkflowID("again"):
+        assert app.streamer(3) == 3
+    assert [value["i"] for value in app.read_stream("again", KEY)] == [0, 1, 2]
+    app.garbage_collect(older_than=3600)
+    assert app.get_status("again").status == "SUCCESS"
+    assert [value["i"] for value in app.read_stream("again", KEY)] == [0, 1, 2]
+    assert rows_of(tmp_path / "r.db", "again")["steps"] == 2  # set_event and produce
+
+
+def test_a_finished_child_of_a_running_parent_is_kept(app):
+    release = threading.Event()
+
+    @app.workflow(name="slow_parent")
+    def slow_parent() -> int:
+        child = app.start_workflow(app.streamer, 2)
+        app.recv(timeout=30)
+        return child.get_result()
+
+    with litedur.SetWorkflowID("parent"):
+        handle = app.start_workflow(slow_parent)
+    wait_until(lambda: app._storage.get_workflow("parent-0") and app.get_status("parent-0").status == "SUCCESS")
+    assert app.garbage_collect(keep_last=0).workflows == []
+    app.send("parent", "go")
+    assert handle.get_result(timeout=20) == 2
+    release.set()
+    assert sorted(app.garbage_collect(keep_last=0).workflows) == ["parent", "parent-0"]
