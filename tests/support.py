@@ -130,3 +130,25 @@ def stream_entries(db_path: str | Path, workflow_id: str, key: str) -> list[tupl
         for offset, encoding, data, position, attempt in rows
         if encoding in decode  # not a marker of storage's own, such as an end-of-stream entry
     ]
+
+
+def start_writer(children: list, db: str, workflow_id: str, mode: str, n: int,
+                 gates: dict | None = None, **env: object) -> subprocess.Popen:  # fmt: skip
+    """Start ``stream_writer.py`` (see it for ``mode`` and ``env``) and add it to ``children``;
+    ``gates`` maps a value index to a file the writer waits for before writing that value."""
+    if gates:
+        env["STREAM_GATES"] = ",".join(f"{at}:{path}" for at, path in gates.items())
+    process = spawn("stream_writer.py", db, workflow_id, mode, n, env={k: str(v) for k, v in env.items()})
+    children.append(process)
+    return process
+
+
+def exists(client: Any, workflow_id: str) -> bool:
+    """Whether ``client`` finds the workflow (it may not be recorded yet)."""
+    import litedur
+
+    try:
+        client.get_status(workflow_id)
+    except litedur.WorkflowNotFoundError:
+        return False
+    return True

@@ -21,7 +21,7 @@ import time
 
 import apsw
 import pytest
-from support import ReaderThread, SideEffectLog, finish, kill, spawn, stream_entries, wait_until
+from support import ReaderThread, SideEffectLog, exists, finish, kill, spawn, stream_entries, wait_until
 
 import litedur
 
@@ -101,14 +101,6 @@ def timer_deadline(db: str, workflow_id: str, position: int) -> float | None:
 def event_times(db: str, workflow_id: str) -> dict[str, float]:
     """When each event of the workflow was last set."""
     return dict(on_disk(db, "SELECT key, updated_at FROM events WHERE workflow_id = ?", workflow_id))
-
-
-def exists(client: litedur.Client, workflow_id: str) -> bool:
-    try:
-        client.get_status(workflow_id)
-    except litedur.WorkflowNotFoundError:
-        return False
-    return True
 
 
 def steps_named(client: litedur.Client, workflow_id: str, name: str) -> list[litedur.StepInfo]:

@@ -14,7 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from support import ReaderThread, finish, spawn, wait_until
+import support
+from support import ReaderThread, exists, finish, wait_until
 
 import litedur
 from litedur import streams
@@ -32,21 +33,8 @@ def db(tmp_path: Path) -> str:
 
 def start_writer(children: list, db: str, workflow_id: str, mode: str = "step-resume", n: int = N,
                  gates: dict[int, Path] | None = None, pace: float = 0.001):  # fmt: skip
-    """The writer child; ``gates`` maps a value index to a file it waits for before writing that value."""
-    env = {"STREAM_PACE": str(pace)}
-    if gates:
-        env["STREAM_GATES"] = ",".join(f"{at}:{path}" for at, path in gates.items())
-    process = spawn("stream_writer.py", db, workflow_id, mode, n, env=env)
-    children.append(process)
-    return process
-
-
-def exists(client: litedur.Client, workflow_id: str) -> bool:
-    try:
-        client.get_status(workflow_id)
-    except litedur.WorkflowNotFoundError:
-        return False
-    return True
+    """The writer child, paced so readers see the values live."""
+    return support.start_writer(children, db, workflow_id, mode, n, gates, STREAM_PACE=pace)
 
 
 @pytest.fixture

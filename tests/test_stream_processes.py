@@ -12,7 +12,8 @@ import json
 import subprocess
 
 import pytest
-from support import ReaderThread, finish, kill, spawn, stream_entries, wait_until
+import support
+from support import ReaderThread, exists, finish, kill, spawn, stream_entries, wait_until
 
 import litedur
 
@@ -66,23 +67,10 @@ class ReaderProcess:
         return [json.loads(line) for line in out.splitlines()]
 
 
-def start_writer(
-    children: list, db: str, workflow_id: str, mode: str, n: int = N, gates: dict | None = None, **env: object
-) -> subprocess.Popen:
-    """The writer child; ``gates`` maps a value index to a file it waits for before writing that value."""
-    if gates:
-        env["STREAM_GATES"] = ",".join(f"{at}:{path}" for at, path in gates.items())
-    process = spawn("stream_writer.py", db, workflow_id, mode, n, env={k: str(v) for k, v in env.items()})
-    children.append(process)
-    return process
 
-
-def exists(client: litedur.Client, workflow_id: str) -> bool:
-    try:
-        client.get_status(workflow_id)
-    except litedur.WorkflowNotFoundError:
-        return False
-    return True
+def start_writer(children: list, db: str, workflow_id: str, mode: str, n: int = N, **options: object):
+    """The writer child (see `support.start_writer`), writing ``N`` values unless told."""
+    return support.start_writer(children, db, workflow_id, mode, n, **options)
 
 
 @pytest.fixture
