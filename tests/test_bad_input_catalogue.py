@@ -465,7 +465,7 @@ def lock_holder(db):
 def test_a_file_locked_by_another_process_still_reads_and_a_writer_fails_clearly_after_the_busy_timeout(
     db, lock_holder, monkeypatch
 ):
-    monkeypatch.setattr(litedur.storage, "BUSY_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(litedur.storage.sqlite, "BUSY_TIMEOUT_MS", 1000)
     before = dump(db)
     with litedur.Client(db) as client:  # readers are not blocked by a writer
         assert client.get_status("kept-1").output == "Hello world"

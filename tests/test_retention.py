@@ -215,9 +215,9 @@ def test_an_older_file_is_upgraded_to_give_space_back(tmp_path):
     path = tmp_path / "old.db"
     db = apsw.Connection(str(path))  # a file as litedur wrote it at schema version 3
     list(db.execute("PRAGMA journal_mode = WAL"))
-    for migration in litedur.storage.MIGRATIONS[:3]:
+    for migration in litedur.storage.sqlite.MIGRATIONS[:3]:
         list(db.execute(migration))
-    db.execute(f"PRAGMA application_id = {litedur.storage.APPLICATION_ID}")
+    db.execute(f"PRAGMA application_id = {litedur.storage.sqlite.APPLICATION_ID}")
     db.execute("PRAGMA user_version = 3")
     assert db.execute("PRAGMA auto_vacuum").fetchall()[0][0] == 0
     db.close()

@@ -1,0 +1,78 @@
+"""Where litedur's state lives: the verbs the engine calls, and the backend that runs them.
+
+`records` holds the rows and constants every backend shares; `sqlite` is the WAL-mode SQLite file
+backend. Callers open a backend with `open_storage` and never import a backend module directly.
+"""
+
+from __future__ import annotations
+
+from .records import (
+    ACTIVE_STATUSES,
+    ANY_UNOWNED,
+    BEING_REMOVED,
+    CASCADE_REASON,
+    CLOSED_BY_TERMINATION,
+    CLOSED_BY_WORKFLOW,
+    END_OF_STREAM,
+    HTTP_STREAM_CHANGE,
+    OPEN,
+    RESUMABLE_STATUSES,
+    SET_EVENT_STEP,
+    STREAM_DELETED,
+    WRITE_STREAM_STEP,
+    EntryRow,
+    EventRow,
+    HttpAppendResult,
+    HttpEntry,
+    HttpProducer,
+    HttpReadResult,
+    HttpStreamRow,
+    HttpStreamSpec,
+    MessageRow,
+    QueueCounts,
+    QueueRow,
+    ScheduleRow,
+    StepRow,
+    StreamGroup,
+    StreamRow,
+    WorkflowRow,
+    WorkflowState,
+    http_stream_key,
+)
+from .sqlite import SCHEMA_VERSION, SQLiteStorage
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "ANY_UNOWNED",
+    "BEING_REMOVED",
+    "CASCADE_REASON",
+    "CLOSED_BY_TERMINATION",
+    "CLOSED_BY_WORKFLOW",
+    "END_OF_STREAM",
+    "HTTP_STREAM_CHANGE",
+    "OPEN",
+    "RESUMABLE_STATUSES",
+    "SCHEMA_VERSION",
+    "SET_EVENT_STEP",
+    "STREAM_DELETED",
+    "WRITE_STREAM_STEP",
+    "EntryRow",
+    "EventRow",
+    "HttpAppendResult",
+    "HttpEntry",
+    "HttpProducer",
+    "HttpReadResult",
+    "HttpStreamRow",
+    "HttpStreamSpec",
+    "MessageRow",
+    "QueueCounts",
+    "QueueRow",
+    "SQLiteStorage",
+    "ScheduleRow",
+    "StepRow",
+    "StreamGroup",
+    "StreamRow",
+    "WorkflowRow",
+    "WorkflowState",
+    "http_stream_key",
+]
