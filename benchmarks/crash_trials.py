@@ -2,6 +2,7 @@
 
     python benchmarks/crash_trials.py --trials 1000 [--first-seed 1] [--jobs 2] [--keep DIR]
     python benchmarks/crash_trials.py --seed N          # replay one trial, verbosely
+    python benchmarks/crash_trials.py --trials 200 --postgres postgresql://...   # on PostgreSQL
 
 Runs seeded trials (each: a random workflow SIGKILLed at random moments and relaunched until it
 ends, with an attached reader process and a reference run of the same seed), ``--jobs`` at a time,
@@ -13,17 +14,29 @@ of failed trials are kept (under ``--keep``, default a temporary directory) for 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 import test_crash_injection as harness  # noqa: E402
+
+
+def where(keep: Path, postgres: str | None) -> Callable[[str], str]:
+    """Where a trial's database named ``name`` (``trial-<seed>/<kind>.db``) goes: under ``keep``, or
+    in a fresh schema of the ``postgres`` server."""
+    if postgres is None:
+        return lambda name: str(keep / name)
+    run = uuid.uuid4().hex[:8]
+    return lambda name: f"{postgres}{'&' if '?' in postgres else '?'}schema=c{run}_" + re.sub(r"\W", "_", name)
 
 
 def main() -> int:
@@ -33,16 +46,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, help="replay this one trial and describe it")
     parser.add_argument("--jobs", type=int, default=2, help="trials run at once (default 2)")
     parser.add_argument("--keep", type=Path, help="where to keep the directories of failed trials")
+    parser.add_argument("--postgres", metavar="URL", help="run the trials on this PostgreSQL server (a schema each)")
     args = parser.parse_args()
     keep = args.keep or Path(tempfile.mkdtemp(prefix="litedur-crash-"))
     keep.mkdir(parents=True, exist_ok=True)
+    location = where(keep, args.postgres)
 
     if args.seed is not None:
         print(f"shape: {harness.fault_shape.shape_of(args.seed)}")
         print(f"plan:  {harness.plan_of(args.seed)}")
         reader = harness.AttachedReader()
         try:
-            trial = harness.run_trial(args.seed, keep / f"trial-{args.seed}", reader)
+            trial = harness.run_trial(args.seed, keep / f"trial-{args.seed}", reader, location)
         finally:
             reader.close()
         print(trial.report() if trial.failed else f"seed {args.seed} ok: {trial}")
@@ -64,7 +79,7 @@ def main() -> int:
                     seed = seeds.pop(0)
                 directory = keep / f"trial-{seed}"
                 try:
-                    trial = harness.run_trial(seed, directory, reader)
+                    trial = harness.run_trial(seed, directory, reader, location)
                 except Exception as exc:  # a harness error is a failure of its own, with its seed
                     trial = harness.Trial(seed, other=[f"harness error: {type(exc).__name__}: {exc}"])
                 if not reader.alive():

@@ -985,6 +985,36 @@ def live_readers_cpu(ctx: Context, readers: int, live: int, kind: str = "thread"
     return used / live * 1000
 
 
+def condition_fanout_cpu(readers: int, live: int) -> float:
+    """The floor under thread readers: CPU of this process (s per 1,000 values) while ``readers``
+    threads, woken through one `threading.Condition` by a writer thread that appends ``live`` values
+    at `RATE`, each take every value from a list. No database: only the wake-ups a thread per reader
+    costs."""
+    values: list[int] = []
+    condition = threading.Condition()
+
+    def follow() -> None:
+        seen = 0
+        while seen < live:
+            with condition:
+                while len(values) <= seen:
+                    condition.wait()
+                seen = len(values)
+
+    threads = [threading.Thread(target=follow) for _ in range(readers)]
+    for thread in threads:
+        thread.start()
+    started = cpu_seconds()
+    for value in range(live):
+        with condition:
+            values.append(value)
+            condition.notify_all()
+        time.sleep(1 / RATE)
+    for thread in threads:
+        thread.join()
+    return (cpu_seconds() - started) / live * 1000
+
+
 def w6(ctx: Context) -> list[Figure]:
     count, tail = ctx.size("w6"), ctx.size("w6_tail")
     path = ctx.db("w6")
@@ -1003,6 +1033,7 @@ def w6(ctx: Context) -> list[Figure]:
 
     readers, live = ctx.size("w6_readers"), ctx.size("w6_live")
     fanout = {(n, kind): live_readers_cpu(ctx, n, live, kind) for kind in ("thread", "async") for n in (1, readers)}
+    fanout.update({(n, "floor"): condition_fanout_cpu(n, live) for n in (1, readers)})
     normal = ctx.normal
     return [
         Figure("w6.rate", "W6", f"sustained write rate, {count:,} values ({ctx.durability})", "values/s", rate,
@@ -1018,6 +1049,10 @@ def w6(ctx: Context) -> list[Figure]:
                    fanout[readers, kind], vs=f"w6.fanout.{kind}.one",
                    target=Target("<=", 3, ratio=True, of=f"1 {kind} reader")),
         )),
+        Figure("w6.fanout.floor.one", "W6", f"floor: 1 thread woken by a bare Condition ({live:,} values): CPU/1,000",
+               "s", fanout[1, "floor"], short="1 thread, bare"),
+        Figure("w6.fanout.floor.many", "W6", f"floor: {readers} threads woken by a bare Condition: CPU/1,000", "s",
+               fanout[readers, "floor"], vs="w6.fanout.floor.one"),
     ]  # fmt: skip
 
 

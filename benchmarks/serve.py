@@ -1,7 +1,7 @@
 """Issue 12 item 4, the server figure: C SSE clients of one workflow stream through ``litedur serve``.
 
-    python benchmarks/serve.py [--clients 1000] [--values 1000] [--rate 200] [--dir DIR] [--py-spy]
-                               [--server-script SCRIPT]
+    python benchmarks/serve.py [--clients 1000] [--values 1000] [--rate 200] [--stream workflow|standalone]
+                               [--dir DIR] [--py-spy] [--server-script SCRIPT]
 
 Each trial gets a fresh directory and database, and:
 
@@ -10,10 +10,12 @@ Each trial gets a fresh directory and database, and:
 2. starts a writer child process (this script with a hidden ``--role writer``): an Engine whose workflow,
    of a known id, signals it is running, then waits for a gate file; once the gate exists it writes
    ``--values`` values ``{"i": i, "t": time.time()}`` to one stream key from the workflow body at a steady
-   ``--rate`` (each write a committed checkpoint when the call returns), then closes the stream;
-3. meanwhile opens C SSE connections (``GET /v1/stream/workflows/<id>/<key>?offset=-1&live=sse``) from this
-   process, on raw sockets in one asyncio loop, and waits until every one has had its first control event
-   (``upToDate``): all connected and waiting before the first write;
+   ``--rate`` (each write a committed checkpoint when the call returns), then closes the stream. With
+   ``--stream standalone`` the writer instead creates a standalone JSON stream through the server (PUT) and
+   appends each value with a POST (answered after its commit), then closes it with ``Stream-Closed``;
+3. meanwhile opens C SSE connections (``GET /v1/stream/workflows/<id>/<key>?offset=-1&live=sse``, or the
+   standalone stream's) from this process, on raw sockets in one asyncio loop, and waits until every one has
+   had its first control event (``upToDate``): all connected and waiting before the first write;
 4. opens the gate and records, per client, the time every piece of its response arrived (``time.time()``
    in ``data_received``). The responses are decoded (chunked transfer encoding, SSE events, the JSON array
    of a ``data`` event) after the run, so the receive loop does little more than timestamp bytes; a
@@ -64,6 +66,7 @@ from typing import Any
 HERE = Path(__file__).resolve()
 WORKFLOW_ID = "serve-bench"
 KEY = "values"
+STANDALONE = "/v1/stream/serve-bench"  # the standalone stream of ``--stream standalone``
 CONNECT_PARALLEL = 100  # connections being opened at once
 READY_TIMEOUT = 120.0  # s for every client to be connected and waiting
 MAX_RECONNECTS = 50  # per client: a response ending early (SSE lifetime, reset) is reopened this often at most
@@ -105,6 +108,40 @@ def role_writer(path: str, count: str, rate: str, gate: str, ready: str, out: st
 
     with app, litedur.SetWorkflowID(WORKFLOW_ID):
         serve_writer(int(count), 1.0 / float(rate))
+    Path(out).write_text(json.dumps({"commit_s": took, "write_s": stamps[-1] - stamps[0] if stamps else 0.0}))
+
+
+def role_http_writer(address: str, count: str, rate: str, gate: str, ready: str, out: str) -> None:
+    """Child: creates the standalone JSON stream at ``address`` (host:port), appends ``count`` values at
+    ``rate``/s with POSTs once ``gate`` exists, then closes the stream; ``out`` as for `role_writer`."""
+    import http.client
+
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+
+    def send(body: bytes, method: str = "POST", **headers: str) -> None:
+        connection.request(method, STANDALONE, body=body, headers={"Content-Type": "application/json", **headers})
+        response = connection.getresponse()
+        response.read()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {STANDALONE}: HTTP {response.status}")
+
+    send(b"", "PUT")
+    Path(ready).touch()
+    while not os.path.exists(gate):
+        time.sleep(0.0005)
+    took: list[float] = []
+    stamps: list[float] = []
+    every, start = 1.0 / float(rate), time.monotonic()
+    for i in range(int(count)):
+        delay = start + i * every - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        stamp = time.time()
+        send(json.dumps({"i": i, "t": stamp}).encode())
+        took.append(time.time() - stamp)
+        stamps.append(stamp)
+    send(b"", **{"Stream-Closed": "true"})
     Path(out).write_text(json.dumps({"commit_s": took, "write_s": stamps[-1] - stamps[0] if stamps else 0.0}))
 
 
@@ -269,7 +306,7 @@ class Reader:
         self.done = asyncio.get_running_loop().create_future()
 
     def request(self) -> bytes:
-        path = f"/v1/stream/workflows/{WORKFLOW_ID}/{KEY}?offset={self.offset}&live=sse"
+        path = f"{self.bench.path}?offset={self.offset}&live=sse"
         host = f"{self.bench.host}:{self.bench.port}"
         return f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
 
@@ -364,8 +401,8 @@ class Connection(asyncio.Protocol):
 class Clients:
     """Every SSE client of a trial, in this process's event loop."""
 
-    def __init__(self, host: str, port: int, count: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, count: int, path: str) -> None:
+        self.host, self.port, self.path = host, port, path
         self.ready_count = 0
         self.all_ready = asyncio.Event()
         self.open: set[Connection] = set()
@@ -398,6 +435,7 @@ class Trial:
     clients: int
     values: int
     rate: float
+    stream: str  # "workflow" or "standalone"
     complete: int = 0  # clients that got every value exactly once, in order, and the close
     problems: collections.Counter[str] = field(default_factory=collections.Counter)
     endings: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -482,20 +520,20 @@ def stop(process: subprocess.Popen[Any], timeout: float = 10) -> None:
             process.wait()
 
 
-def run_trial(folder: Path, clients: int, values: int, rate: float, py_spy: bool, script: str | None) -> Trial:
+def run_trial(folder: Path, trial: Trial, py_spy: bool, script: str | None) -> Trial:
     folder.mkdir(parents=True)
     db, gate, ready, out = folder / "bench.db", folder / "gate", folder / "ready", folder / "writer.json"
-    trial = Trial(clients, values, rate)
     server, host, port = start_server(folder, db, script)
     writer = None
     try:
-        command = [sys.executable, str(HERE), "--role", "writer", str(db), str(values), str(rate),
+        role, target = ("http-writer", f"{host}:{port}") if trial.stream == "standalone" else ("writer", str(db))
+        command = [sys.executable, str(HERE), "--role", role, target, str(trial.values), str(trial.rate),
                    str(gate), str(ready), str(out)]  # fmt: skip
         writer = subprocess.Popen(command, stderr=open(folder / "writer.log", "w"))  # noqa: SIM115
         deadline = time.monotonic() + 30
         while not ready.exists():
             if writer.poll() is not None or time.monotonic() > deadline:
-                raise RunFailed(f"the writer did not start its workflow; log: {tail(folder / 'writer.log')}")
+                raise RunFailed(f"the writer did not start; log: {tail(folder / 'writer.log')}")
             time.sleep(0.01)
         sampler = Sampler(server.pid)
         sampler.start()
@@ -524,7 +562,8 @@ def run_trial(folder: Path, clients: int, values: int, rate: float, py_spy: bool
 async def drive(trial: Trial, folder: Path, server: subprocess.Popen[str], writer: subprocess.Popen[bytes],
                 sampler: Sampler, host: str, port: int, py_spy: bool) -> None:  # fmt: skip
     pid = server.pid
-    bench = Clients(host, port, trial.clients)
+    path = STANDALONE if trial.stream == "standalone" else f"/v1/stream/workflows/{WORKFLOW_ID}/{KEY}"
+    bench = Clients(host, port, trial.clients, path)
     cpu0, began = proc_cpu(pid), time.monotonic()
     connecting = asyncio.ensure_future(bench.connect_all())
     with contextlib.suppress(asyncio.TimeoutError):
@@ -646,7 +685,7 @@ def ms(seconds: float) -> str:
 
 def report(trial: Trial) -> None:
     c, n = trial.clients, trial.values
-    print(f"\n== {c} SSE client{'s' if c != 1 else ''}, {n} values at {trial.rate:g}/s ==")
+    print(f"\n== {c} SSE client{'s' if c != 1 else ''} of a {trial.stream} stream, {n} values at {trial.rate:g}/s ==")
     print(f"  connect: {trial.ready}/{c} connected and waiting in {trial.connect_s:.2f} s "
           f"(server CPU {trial.connect_cpu_s:.2f} s); idle {trial.idle_s:.1f} s with all waiting: "
           f"server CPU {trial.idle_cpu_s * 1000:.0f} ms, {trial.threads_idle} threads")  # fmt: skip
@@ -734,12 +773,14 @@ def raise_fd_limit(clients: int) -> None:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--role":
-        role_writer(*sys.argv[3:])
+        (role_http_writer if sys.argv[2] == "http-writer" else role_writer)(*sys.argv[3:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=1000, help="SSE clients of the main trial (default 1000)")
     parser.add_argument("--values", type=int, default=1000, help="values written (default 1000)")
     parser.add_argument("--rate", type=float, default=200.0, help="values written per second (default 200)")
+    parser.add_argument("--stream", choices=("workflow", "standalone"), default="workflow",
+                        help="a workflow's stream (default), or a standalone stream appended to over HTTP")  # fmt: skip
     parser.add_argument("--dir", help="where the trials' directories go (default: a temporary one, removed)")
     parser.add_argument("--py-spy", action="store_true", help="py-spy dump the server half-way through each trial")
     parser.add_argument("--server-script", help="a Python script to run instead of `python -m litedur` (same "
@@ -760,7 +801,8 @@ def main() -> int:
     try:
         for clients in dict.fromkeys([1, args.clients]):
             folder = run / f"clients-{clients}"
-            trial = run_trial(folder, clients, args.values, args.rate, args.py_spy, args.server_script)
+            trial = run_trial(folder, Trial(clients, args.values, args.rate, args.stream), args.py_spy,
+                              args.server_script)  # fmt: skip
             report(trial)
             trials.append(trial)
     except RunFailed as exc:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 import litedur
+from litedur.storage import is_url
 
 from . import render
 
@@ -50,7 +51,7 @@ class StatusChoice(click.Choice):
 
 def open_client(db: str, *, unpickle: bool = False) -> litedur.Client:
     """A read-only view of an existing database; never creates the file."""
-    if not os.path.lexists(db):
+    if not is_url(db) and not os.path.lexists(db):
         raise Failure(f"no litedur database at {os.path.abspath(db)} (give --db PATH or set LITEDUR_DB)", 2)
     return litedur.Client(db, unpickle=unpickle)
 
@@ -495,7 +496,7 @@ def serve(db: str, host: str, port: int, token: str | None, create: bool, long_p
     """
     from litedur.server import ServeError, Server
 
-    if not create and not os.path.lexists(db):
+    if not create and not is_url(db) and not os.path.lexists(db):
         raise Failure(f"no litedur database at {os.path.abspath(db)} (give --db PATH, or --create to make one)", 2)
     try:
         server = Server(db, host, port, token=token or None, create=create, long_poll_timeout=long_poll_timeout)

@@ -324,7 +324,7 @@ class LiveView:
         from rich.live import Live
 
         with contextlib.ExitStack() as stack:
-            self.watch = watch_database(self.client.path)
+            self.watch = watch_database(self.client._feed)
             if self.watch is not None:
                 stack.callback(self.watch.close)
             self.keys = stack.enter_context(keyboard())

@@ -22,7 +22,7 @@ from .errors import (
 )
 from .runner import Plan
 from .schedules import ScheduleInfo
-from .storage import CLOSED_BY_TERMINATION, CLOSED_BY_WORKFLOW, SQLiteStorage, StepRow, WorkflowRow
+from .storage import CLOSED_BY_TERMINATION, CLOSED_BY_WORKFLOW, StepRow, WorkflowRow, open_storage
 from .streams import AsyncStreamReader, StreamReader, StreamTails
 from .values import JSON, Codec, Serializer
 from .wakeup import WorkflowSignals, feed_for
@@ -167,18 +167,18 @@ class Client:
     ) -> None:
         if wait not in ("auto", "notify", "poll"):
             raise ValueError(f"wait must be 'auto', 'notify' or 'poll', not {wait!r}")
-        self._storage = SQLiteStorage(path, create=create, durability=durability)
+        self._storage = open_storage(path, create=create, durability=durability)
         self._codec = Codec(serializer)
         self._unpickle = unpickle
         self._wait_mode = wait
-        self._feed = feed_for(self._storage.path)
+        self._feed = feed_for(self._storage)
         self._signals_or_none: WorkflowSignals | None = None
         self._tails = StreamTails(self._storage, self._codec, unpickle, self._feed, wait)
 
     @property
     def path(self) -> str:
-        """Absolute path of the database file."""
-        return self._storage.path
+        """Where the database is: the file's absolute path (a PostgreSQL URL, password masked)."""
+        return self._storage.location
 
     @property
     def _signals(self) -> WorkflowSignals:
@@ -250,6 +250,11 @@ class Client:
     def list_schedules(self) -> list[ScheduleInfo]:
         """Every schedule recorded in the file (by the processes launched with it), with its next tick."""
         return schedules.list_schedules(self._storage)
+
+    def remove_schedule(self, name: str) -> None:
+        """Delete a stale schedule (one no live process declared: dropped or renamed in the code) from
+        the file; an active one is refused (`LitedurError`), an unknown one raises `LookupError`."""
+        schedules.remove_schedule(self._storage, name)
 
     def _encode_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, Any]:
         inputs = self._codec.encode({"args": list(args), "kwargs": kwargs})

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from . import liveness, management, messages, options, queues, runner, schedules, timers
+from . import management, messages, options, queues, runner, schedules, timers
 from .client import FINAL_STATUSES, Client, WorkflowHandle, _check_path_type
 from .errors import (
     DatabaseError,
@@ -45,7 +45,7 @@ from .errors import (
 from .retention import RetentionKeeper
 from .retention import is_seconds as retention_is_seconds
 from .runner import CALL, Plan, Sleep
-from .storage import ANY_UNOWNED, WRITE_STREAM_STEP, StepRow, WorkflowRow
+from .storage import ANY_UNOWNED, WRITE_STREAM_STEP, HeldLock, StepRow, WorkflowRow
 from .streams import StreamWriter, check_key
 from .values import Serializer
 from .wakeup import Interest
@@ -132,7 +132,7 @@ class _StepPolicy:
 @dataclass
 class _Executor:
     executor_id: str
-    lock: liveness.ExecutorLock
+    lock: HeldLock
     running: dict[str, Future[Any] | None] = field(default_factory=dict)
 
 
@@ -340,6 +340,9 @@ class Engine(Client):
             self._writer.close()
         self._deadlines.close()
         self._runner.close()
+        if executor is not None:
+            with contextlib.suppress(DatabaseError):  # a read-only or vanished file keeps its row
+                self._storage.forget_executor(executor.executor_id)  # unless it still owns work
         with self._lock:
             if executor is not None:
                 executor.lock.release()
@@ -491,7 +494,7 @@ class Engine(Client):
         """Claim an existing PENDING workflow whose executor is dead; True if this one may run it."""
         if row.status != "PENDING" or row.executor_id == executor.executor_id:
             return False
-        if liveness.is_alive(self.path, row.executor_id):
+        if self._storage.executor_alive(row.executor_id):
             return False
         return self._claim(spec, row.workflow_id, row.executor_id, executor)
 
@@ -623,7 +626,7 @@ class Engine(Client):
             return executor
         with self._lock:
             if self._executor is None:
-                lock = liveness.ExecutorLock(self.path, self.executor_id)
+                lock = self._storage.executor_lock(self.executor_id)
                 try:
                     self._storage.register_executor(self.executor_id, os.getpid(), _hostname())
                 except BaseException:
@@ -805,7 +808,7 @@ class Engine(Client):
             own = owner == executor.executor_id
             if own and not include_own:
                 continue
-            if not own and liveness.is_alive(self.path, owner):
+            if not own and self._storage.executor_alive(owner):
                 continue
             if not own and owner is not None and queues.requeued_from(self, owner):
                 self._feed.signal([ANY_UNOWNED])  # queued work went back to its queue, at its place

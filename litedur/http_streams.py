@@ -15,9 +15,10 @@ Offsets are ``<16 digits>_<16 digits>``: for a standalone stream the number of a
 offset and the bytes (JSON: messages) before it; for a workflow stream the litedur offset, twice.
 Both sort as strings in stream order. A live read (long-poll, SSE) is a plan that never blocks: it
 yields `Read` and `Pause` requests that its driver (`server.py`) carries out, sharing one follower
-of each stream among all its readers: for a standalone stream an interest in its change key (rung at
-once by an append of this process, through the change feed by another process's), for a workflow
-stream a `StreamReader` (see `StreamView.follow`).
+of each stream among all its readers (`StreamView.follow`: for a standalone stream an interest in its
+change key, rung at once by an append of this process and through the change feed by another
+process's; for a workflow stream an async stream reader). What the follower reads goes into the
+stream's `Window`, where a reader at any recent offset finds all that follows as one chunk.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -49,7 +50,8 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 JSON_TYPE = "application/json"
 MAX_READ_BYTES = 1 << 20  # a catch-up response or SSE event holds at least one append, then up to this
 MAX_READ_VALUES = 1000  # values of a workflow stream per response or SSE event
-FOLLOW_SLICE = 1.0  # seconds a workflow stream's follower blocks at a time (it stops within one when unused)
+WINDOW_APPENDS = 4096  # appends (values) a followed stream's window keeps for its live readers
+WINDOW_BYTES = 8 << 20  # and about this many bytes of them at most
 MAX_SAFE_INTEGER = 2**53 - 1  # producer epochs and seqs stay exact in JavaScript
 CURSOR_EPOCH = datetime.datetime(2024, 10, 9, tzinfo=datetime.timezone.utc).timestamp()
 CURSOR_INTERVAL = 20.0  # seconds per cursor interval
@@ -94,7 +96,7 @@ class Request:
     base_url: str = ""  # "http://host:port", for Location
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Read:
     """What a live read asks its driver for: the chunk that follows ``offset`` now (the reply)."""
 
@@ -102,7 +104,7 @@ class Read:
     offset: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Pause:
     """What a live read asks its driver for: wait until the stream may have changed since the last
     `Read` (reply True) or ``deadline`` (time.monotonic) passes (reply False)."""
@@ -345,19 +347,35 @@ class Chunk:
     frames: dict[Any, bytes] = field(default_factory=dict, repr=False)  # its SSE events, once encoded
 
 
+@dataclass
+class Appends:
+    """Appends (a workflow stream's values) a stream's follower read, one payload each: the first is
+    append number ``seq`` and starts at position ``positions[0]``; payload ``i`` ends at ``positions[i + 1]``.
+    ``closed``: the stream ends after them."""
+
+    seq: int
+    positions: list[int]
+    payloads: list[bytes]
+    closed: bool
+
+    @property
+    def end(self) -> tuple[int, int]:
+        """The offset after the last (as numbers)."""
+        return self.seq + len(self.payloads), self.positions[-1]
+
+
 class StreamView(Protocol):
     """A readable stream, as the catch-up, long-poll and SSE reads see it.
 
-    A live read's driver keeps one shared tail per ``tail_key`` for all the stream's readers: it
-    follows the stream's change key (``change_key``), or for a stream without one (a workflow's)
-    runs ``follow`` in a thread, and hands readers at its end what it read, without a query each.
+    A live read's driver keeps one shared tail per ``tail_key`` for all the stream's readers; its
+    follower runs ``follow`` and keeps what it yields in a `Window`, from which readers at the
+    stream's end take what was appended, without a query each.
     """
 
     content_type: str
     json: bool
     etag_id: str
     tail_key: tuple[str, ...]
-    change_key: str | None  # the key (see `SQLiteStorage.changes_since`) that writes to it number
     reads_block: bool  # a read may block its thread (so must not run in an event loop)
 
     def tail(self) -> tuple[str, bool]:
@@ -366,18 +384,104 @@ class StreamView(Protocol):
     def read(self, offset: str) -> Chunk:
         """What follows ``offset`` now (HttpError if the stream went or the offset is not one of it)."""
 
-    def follow(self, stopping: Callable[[], bool]) -> Iterator[tuple[str, Chunk | None]]:
-        """Block for what is appended from the tail on: ``(offset, chunk read from it)``; ``(tail, None)``
-        first (everything before it is visible). Ends when the stream ends or ``stopping()``."""
+    def follow(self) -> AsyncIterator[Appends]:
+        """In the event loop: where the stream ends now (no payloads), then what is appended from
+        there as it comes, until the stream is closed (the last one yielded says so)."""
+
+
+class Window:
+    """The newest appends of one followed stream, shared by its live readers in this process.
+
+    A reader at any offset in the window gets everything from there to the window's end as one
+    chunk (at most MAX_READ_VALUES appends, about MAX_READ_BYTES), joined and SSE-encoded once per
+    offset and change however many readers are there; a reader at another offset reads storage.
+    """
+
+    def __init__(self, json_mode: bool) -> None:
+        self._separator = b"," if json_mode else b""
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (until the follower extends it again, readers read storage)."""
+        self.started = False
+        self._closed = False
+        self._seq = 0  # the stream's appends before the first one kept
+        self._payloads: list[bytes] = []
+        self._positions: list[int] = []  # where each kept append starts, then where the last ends
+        self._offsets: list[str] = []  # the same boundaries as offsets
+        self._index: dict[str, int] = {}  # offset -> its boundary
+        self._size = 0
+        self._chunks: dict[int, Chunk] = {}  # by boundary, until the window changes
+
+    def extend(self, appends: Appends) -> None:
+        """Add what the follower read (a window not ending where it starts begins again there)."""
+        if not self.started or appends.seq != self._seq + len(self._payloads) or appends.positions[0] != self._end:
+            self.reset()
+            self.started, self._seq = True, appends.seq
+            self._add_boundary(appends.positions[0])
+        self._payloads.extend(appends.payloads)
+        for position in appends.positions[1:]:
+            self._add_boundary(position)
+        self._size += sum(len(payload) for payload in appends.payloads)
+        self._closed = appends.closed
+        self._chunks.clear()
+        if len(self._payloads) > WINDOW_APPENDS or self._size > WINDOW_BYTES:
+            self._trim()
+
+    @property
+    def _end(self) -> int:
+        return self._positions[-1] if self._positions else -1
+
+    def _add_boundary(self, position: int) -> None:
+        offset = format_offset(self._seq + len(self._positions), position)
+        self._index[offset] = len(self._positions)
+        self._positions.append(position)
+        self._offsets.append(offset)
+
+    def _trim(self) -> None:
+        """Keep the newest half (by count and bytes): readers further behind read storage."""
+        count, drop, size = len(self._payloads), 0, self._size
+        while count - drop > 1 and (count - drop > WINDOW_APPENDS // 2 or size > WINDOW_BYTES // 2):
+            size -= len(self._payloads[drop])
+            drop += 1
+        self._seq += drop
+        del self._payloads[:drop], self._positions[:drop], self._offsets[:drop]
+        self._index = {offset: at for at, offset in enumerate(self._offsets)}
+        self._size = size
+
+    def chunk(self, offset: str) -> Chunk | None:
+        """All that follows ``offset`` in the window (shared: not to be changed); None when ``offset``
+        is not one of its boundaries (``-1`` is, while the window starts at the stream's start)."""
+        at = self._index.get(offset)
+        if at is None:
+            if offset != "-1" or not self.started or (self._seq, self._positions[0]) != (0, 0):
+                return None
+            at = 0
+        chunk = self._chunks.get(at)
+        if chunk is None:
+            chunk = self._chunks[at] = self._joined(at)
+        return chunk
+
+    def _joined(self, at: int) -> Chunk:
+        payloads, end, size = self._payloads, at, 0
+        while end < len(payloads) and end - at < MAX_READ_VALUES:
+            size += len(payloads[end])
+            if size > MAX_READ_BYTES and end > at:  # (at least one, however big)
+                break
+            end += 1
+        up_to_date = end == len(payloads)
+        payload = self._separator.join(payloads[at:end])
+        return Chunk(payload, end - at, self._offsets[end], up_to_date, up_to_date and self._closed)
 
 
 class StandaloneView:
-    """A standalone stream (tables ``http_streams``...), woken through its change key."""
+    """A standalone stream (tables ``http_streams``...), followed through its change key."""
 
     reads_block = False  # one indexed SQLite read: fine in the event loop
 
-    def __init__(self, storage: SQLiteStorage, path: str) -> None:
+    def __init__(self, storage: SQLiteStorage, signals: WorkflowSignals, path: str) -> None:
         self._storage = storage
+        self._signals = signals
         self.path = path
         outcome, row = storage.http_stream_info(path, time.time())
         _refuse_missing(outcome, path)
@@ -390,24 +494,31 @@ class StandaloneView:
         self.change_key = http_stream_key(path)
 
     def tail(self) -> tuple[str, bool]:
-        result = self._storage.read_http_stream(self.path, None, 0, time.time())
-        row = self._current(result.outcome, result.stream)
+        row = self._tail_row()
         return format_offset(row.next_seq, row.next_position), bool(row.closed)
 
+    def _tail_row(self) -> HttpStreamRow:
+        result = self._storage.read_http_stream(self.path, None, 0, time.time())
+        return self._current(result.outcome, result.stream)
+
     def read(self, offset: str) -> Chunk:
-        start = parse_offset(offset) or (self._row.next_seq, self._row.next_position)
+        appends, up_to_date = self._appends(parse_offset(offset) or (self._row.next_seq, self._row.next_position))
+        next_offset = format_offset(*appends.end)
+        payload = (b"," if self.json else b"").join(appends.payloads)
+        return Chunk(payload, len(appends.payloads), next_offset, up_to_date, appends.closed)
+
+    def _appends(self, start: tuple[int, int]) -> tuple[Appends, bool]:
+        """The appends from ``start`` (about MAX_READ_BYTES), and whether they reach the tail."""
         result = self._storage.read_http_stream(self.path, start, MAX_READ_BYTES, time.time())
         if result.outcome == "bad-offset":
-            raise HttpError(400, f"offset {offset!r} is not an offset of stream {self.path!r}")
+            raise HttpError(400, f"offset {format_offset(*start)} is not an offset of stream {self.path!r}")
         row = self._current(result.outcome, result.stream)
-        seq, position = start
-        pieces = []
-        for seq, position, size, data in result.entries:
-            pieces.append(data.replace(b"\n", b",") if self.json else data)
-            seq, position = seq + 1, position + size
-        up_to_date = (seq, position) == (row.next_seq, row.next_position)
-        payload = (b"," if self.json else b"").join(pieces)
-        return Chunk(payload, len(pieces), format_offset(seq, position), up_to_date, up_to_date and bool(row.closed))
+        positions, payloads = [start[1]], []
+        for _, position, size, data in result.entries:
+            payloads.append(data.replace(b"\n", b",") if self.json else data)
+            positions.append(position + size)
+        up_to_date = (start[0] + len(payloads), positions[-1]) == (row.next_seq, row.next_position)
+        return Appends(start[0], positions, payloads, up_to_date and bool(row.closed)), up_to_date
 
     def _current(self, outcome: str, row: HttpStreamRow | None) -> HttpStreamRow:
         """The stream's row after a read; HttpError if it went (or was replaced)."""
@@ -423,8 +534,20 @@ class StandaloneView:
         if self._row.ttl is not None:
             self._storage.touch_http_stream(self._row.stream_id, time.time())
 
-    def follow(self, stopping: Callable[[], bool]) -> Iterator[tuple[str, Chunk | None]]:
-        raise NotImplementedError("a standalone stream is followed through its change key")
+    async def follow(self) -> AsyncIterator[Appends]:
+        with self._signals.interest(self.change_key) as interest:
+            interest.arm()  # before each read: an append from then on rings it
+            row = self._tail_row()
+            appends = Appends(row.next_seq, [row.next_position], [], bool(row.closed))
+            yield appends
+            while not appends.closed:
+                await interest.wait_async(None)
+                up_to_date = False
+                while not up_to_date:  # (an append of more than MAX_READ_BYTES takes several reads)
+                    interest.arm()
+                    appends, up_to_date = self._appends(appends.end)
+                    if appends.payloads or appends.closed:
+                        yield appends
 
 
 class WorkflowView:
@@ -432,7 +555,6 @@ class WorkflowView:
 
     content_type = JSON_TYPE
     json = True
-    change_key = None
     reads_block = True  # `Client.read_stream` refuses to run in an event loop
 
     def __init__(self, client: Client, workflow_id: str, key: str) -> None:
@@ -472,36 +594,31 @@ class WorkflowView:
         end = start + len(values)
         return Chunk(b",".join(values), len(values), format_offset(end, end), not more, ended)
 
-    def follow(self, stopping: Callable[[], bool]) -> Iterator[tuple[str, Chunk | None]]:
-        start = self._length()[0]
-        yield format_offset(start, start), None
-        while not stopping():
-            # A reader per slice: a follower whose readers all left stops within one.
-            with self._client.read_stream(self.workflow_id, self.key, start=start, timeout=FOLLOW_SLICE) as reader:
-                try:
-                    first = value_json(next(reader))
-                except TimeoutError:
-                    continue
-                except StopIteration:
-                    yield format_offset(start, start), Chunk(b"", 0, format_offset(start, start), True, True)
-                    return
-                values, _, _ = _take_values(reader, MAX_READ_VALUES - 1, buffered_only=True)
-            values.insert(0, first)
-            end = start + len(values)
-            chunk = Chunk(b",".join(values), len(values), format_offset(end, end), True, False)
-            yield format_offset(start, start), chunk
-            start = end
+    async def follow(self) -> AsyncIterator[Appends]:
+        start, closed = self._length()  # (two indexed reads: fine in the loop, once per follower)
+        yield Appends(start, [start], [], closed)
+        if closed:
+            return
+        reader = self._client.read_stream_async(self.workflow_id, self.key, start=start)
+        try:
+            async for value in reader:
+                payloads = [value_json(value)]
+                while reader.buffered() and len(payloads) < MAX_READ_VALUES:  # those read with it
+                    payloads.append(value_json(await reader.__anext__()))
+                yield Appends(start, list(range(start, start + len(payloads) + 1)), payloads, False)
+                start += len(payloads)
+        finally:
+            reader.close()
+        yield Appends(start, [start], [], True)
 
 
-def _take_values(reader: Any, limit: int, buffered_only: bool = False) -> tuple[list[bytes], bool, bool]:
-    """``(values as JSON, ended, more may follow)`` from a reader that does not wait (timeout 0), or
-    only what it holds already; at most ``limit`` values and about MAX_READ_BYTES."""
+def _take_values(reader: Any, limit: int) -> tuple[list[bytes], bool, bool]:
+    """``(values as JSON, ended, more may follow)`` from a reader that does not wait (timeout 0): at
+    most ``limit`` values and about MAX_READ_BYTES."""
     values: list[bytes] = []
     size = 0
     try:
         while len(values) < limit and size < MAX_READ_BYTES:
-            if buffered_only and not reader.buffered():
-                return values, False, False
             values.append(value_json(next(reader)))
             size += len(values[-1])
     except StopIteration:
@@ -716,7 +833,7 @@ class StreamService:
     # ---- standalone streams
 
     def _get(self, path: str, request: Request, params: dict[str, str]) -> Response:
-        view = StandaloneView(self.storage, path)
+        view = StandaloneView(self.storage, self.signals, path)
         view.renew()
         return read_response(view, params, request, self.options)
 

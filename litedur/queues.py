@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import liveness, management, options
+from . import management, options
 from .errors import LitedurError, WorkflowConflictError
 from .storage import ANY_UNOWNED, QueueRow, StepRow, WorkflowRow
 
@@ -249,16 +249,21 @@ class Dispatcher:
         engine = self._engine
         freed = False
         for owner in engine._storage.running_executors(queue_name):
-            if owner != engine.executor_id and not liveness.is_alive(engine.path, owner):
+            if owner != engine.executor_id and not engine._storage.executor_alive(owner):
                 freed = bool(requeued_from(engine, owner)) or freed
         if freed:
             engine._feed.signal([ANY_UNOWNED])  # the other processes' dispatchers too
         return freed
 
 
+LOGGED_IDS = 20  # the requeue log names this many workflows at most
+
+
 def requeued_from(engine: Engine, dead_executor: str) -> int:
     """Put a dead executor's queued work back in its queues (INFO when there was some); how many."""
-    count = len(engine._storage.requeue_workflows_of(dead_executor))
-    if count:
-        log.info("%d queued workflow(s) of dead executor %s went back to their queues", count, dead_executor)
-    return count
+    ids = engine._storage.requeue_workflows_of(dead_executor)
+    if ids:
+        named = ", ".join(ids[:LOGGED_IDS]) + (f" and {len(ids) - LOGGED_IDS} more" if len(ids) > LOGGED_IDS else "")
+        log.info("%d queued workflow(s) of dead executor %s went back to their queues: %s", len(ids), dead_executor,
+                 named)  # fmt: skip
+    return len(ids)

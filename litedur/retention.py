@@ -80,7 +80,12 @@ def garbage_collect(
 ) -> Collected:
     """Delete finished workflows that ended more than ``older_than`` seconds ago or are not among the
     newest ``keep_last`` finished ones, with everything that belongs to them (see module doc).
-    ``stop``: a set event ends the collection between two commits (a shutdown)."""
+
+    With both, a workflow goes if either rule selects it (one cutoff, the later of the two end
+    times): ``keep_last`` does not protect the newest from ``older_than``. Workflows that ended at
+    the same instant as the ``keep_last``-th newest are kept with it; a finished child of a workflow
+    still PENDING or ENQUEUED is kept. ``stop``: a set event ends the collection between two commits
+    (a shutdown)."""
     check_collect_arguments(older_than, keep_last)
     started = time.monotonic()
     storage = client._storage

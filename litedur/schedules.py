@@ -5,13 +5,14 @@ process launched on the file.
 ``(scheduled_time, actual_time)``. `Cron` reads standard five-field cron and finds the next tick
 in a time zone (stdlib ``zoneinfo``), through clock changes.
 
-Each launched engine with schedules records them in the file (for ``litedur schedules``) and runs one
-`Scheduler` thread. It sleeps until the earliest next tick (an Event with a timeout, set early by a
-new schedule or by shutdown) and then claims the tick with `SQLiteStorage.claim_tick`: one
-transaction that advances the schedule's last tick only if it is older and creates the tick's
-workflow (id ``sched-<name>-<tick in UTC>``), owned by this process. So two processes that wake at
-the same tick cannot both claim it, an older tick never runs after a newer one, and a claimed tick is
-an ordinary durable workflow, recovered by another process if its own dies.
+Each launched engine with schedules records them in the file (for ``litedur schedules``), with its
+executor id, and runs one `Scheduler` thread. It sleeps until the earliest next tick (an Event with
+a timeout, set early by a new schedule or by shutdown) and then claims the tick with
+`SQLiteStorage.claim_tick`: one transaction that advances the schedule's last tick only if it is
+older and creates the tick's workflow (id ``sched-<name>-<tick in UTC>``), owned by this process. So
+two processes that wake at the same tick cannot both claim it, an older tick never runs after a
+newer one, and a claimed tick is an ordinary durable workflow, recovered by another process if its
+own dies.
 
 Missed ticks, never a burst. A tick is *on time* when it came after this process launched and the
 scheduler looks at it within `GRACE` seconds, before a later tick comes. At each look the scheduler
@@ -20,6 +21,14 @@ takes only the latest tick that has come: it runs it if it is on time (or if the
 slept (a suspended laptop), are skipped, or with catch-up only the latest of them runs. A timed wait
 does not count time spent suspended, so the scheduler also wakes every `WALL_CHECK` seconds to read
 the wall clock (no query: it only looks at the time).
+
+Stale schedules. A schedule stays in the file when the application drops or renames it, so the
+file also records which executors declared each schedule: `list_schedules` calls a schedule *active*
+while one of them is alive (holds its lock, see `litedur.liveness`) and *stale* otherwise (the
+application is stopped, or no longer has that schedule). Rows are never dropped on their own: a
+schedule whose processes are down for a week keeps its last tick, so ``catch_up`` still runs the
+latest missed tick when they come back. `remove_schedule` (``litedur schedules remove NAME``)
+deletes a stale one and refuses an active one.
 
 Test hook: `clock` is the time every scheduler of this process reads (``now()``, epoch seconds,
 running ``rate`` times as fast as real time). A test replaces it with ``Clock(rate=120)`` to see
@@ -333,7 +342,8 @@ class Schedule(NamedTuple):
 
 @dataclass(frozen=True)
 class ScheduleInfo:
-    """A schedule recorded in the file: its cron, the latest tick claimed and the next one."""
+    """A schedule recorded in the file: its cron, the latest tick claimed and the next one, and
+    whether a live process runs it."""
 
     name: str
     workflow_name: str
@@ -341,8 +351,19 @@ class ScheduleInfo:
     tz: str | None
     catch_up: bool
     last_tick: datetime | None  # in the schedule's zone (UTC without one)
-    next_tick: datetime | None  # after now and last_tick; None if this litedur cannot read the cron
+    next_tick: datetime | None  # by the cron, after now and last_tick (it runs only if active); None if
+    # this litedur cannot read the cron
     declared_at: float  # epoch seconds: when a process last launched with it
+    executors: tuple[str, ...] = ()  # the live executors (launched processes) that declared it
+    active: bool = False  # some live process runs it; False: stale (stopped, or dropped from the code)
+
+
+class ScheduleNotFoundError(LitedurError, LookupError):
+    """No schedule of that name is recorded in the file."""
+
+    def __init__(self, name: str, path: str) -> None:
+        super().__init__(f"no schedule named {name!r} in {path} (litedur schedules lists them)")
+        self.name = name
 
 
 def scheduled(
@@ -387,9 +408,11 @@ def tick_workflow_id(name: str, tick: float) -> str:
 
 
 def list_schedules(storage: SQLiteStorage) -> list[ScheduleInfo]:
-    """Every schedule recorded in the file, with its next tick (after now and its last tick), by name."""
+    """Every schedule recorded in the file, with its next tick (after now and its last tick) and the
+    live executors that declared it, by name."""
     found = []
     now = clock.now()
+    live = _live_declarers(storage)
     for row in storage.list_schedules():
         try:
             cron: Cron | None = Cron(row.cron, row.tz)
@@ -399,9 +422,45 @@ def list_schedules(storage: SQLiteStorage) -> list[ScheduleInfo]:
         last = None if row.last_tick is None else datetime.fromtimestamp(row.last_tick, zone)
         after = datetime.fromtimestamp(max(now, row.last_tick or now), timezone.utc)
         next_tick = None if cron is None else cron.next_after(after)
+        executors = tuple(live.get(row.name, ()))
         found.append(ScheduleInfo(row.name, row.workflow_name, row.cron, row.tz, bool(row.catch_up), last,
-                                  next_tick, row.declared_at))  # fmt: skip
+                                  next_tick, row.declared_at, executors, bool(executors)))  # fmt: skip
     return found
+
+
+def _live_declarers(storage: SQLiteStorage, name: str | None = None) -> dict[str, list[str]]:
+    """The live executors that declared each schedule (of ``name`` only, if given)."""
+    alive: dict[str, bool] = {}
+    live: dict[str, list[str]] = {}
+    for schedule, executor_id, _ in storage.schedule_declarations(name):
+        if executor_id not in alive:
+            alive[executor_id] = storage.executor_alive(executor_id)
+        if alive[executor_id]:
+            live.setdefault(schedule, []).append(executor_id)
+    return live
+
+
+def remove_schedule(storage: SQLiteStorage, name: str) -> None:
+    """Delete the stale schedule ``name`` from the file (its ticks' workflows stay). Refused with
+    `LitedurError` while a live process declared it (it would go on running it); unknown name:
+    `ScheduleNotFoundError`."""
+    if not isinstance(name, str):
+        raise TypeError(f"schedule name must be a str, not {type(name).__name__}")
+    while True:
+        row = next((row for row in storage.list_schedules() if row.name == name), None)
+        if row is None:
+            raise ScheduleNotFoundError(name, storage.location)
+        live = _live_declarers(storage, name).get(name)
+        if live:
+            raise LitedurError(
+                f"schedule {name!r} is active: declared by running executor {', '.join(map(repr, live))}, which "
+                "would go on running it; stop that process (or drop the @app.scheduled from the application and "
+                "restart it) first"
+            )
+        if storage.remove_schedule(name, row.declared_at):
+            log.info("schedule %s removed (no live process declared it)", name)
+            return
+        # declared again (a process launched meanwhile) or removed by someone else: look again
 
 
 class _Watch:
@@ -446,7 +505,7 @@ class Scheduler:
             new = [schedule for name, schedule in self._schedules.items() if name not in self._watches]
         for schedule in new:
             now = clock.now()
-            created_at, last_tick = self._engine._storage.declare_schedule(schedule.declaration(now))
+            created_at, last_tick = self._declare(schedule, now)
             with self._lock:
                 self._watches[schedule.name] = _Watch(created_at if last_tick is None else last_tick, now)
         with self._lock:
@@ -454,6 +513,15 @@ class Scheduler:
                 self._thread = threading.Thread(target=self._run, name="litedur-schedules", daemon=True)
                 self._thread.start()
         self._wake.set()
+
+    def _declare(self, schedule: Schedule, now: float) -> tuple[float, float | None]:
+        """Record the schedule as declared by this executor (forgetting dead executors' declarations of
+        it): ``(created_at, last_tick)``."""
+        storage = self._engine._storage
+        executor_id = self._engine._ensure_executor().executor_id
+        dead = [(executor, declared_at) for _, executor, declared_at in storage.schedule_declarations(schedule.name)
+                if executor != executor_id and not storage.executor_alive(executor)]  # fmt: skip
+        return storage.declare_schedule(schedule.declaration(now), executor_id, dead)
 
     def close(self) -> None:
         """Stop the thread (at shutdown); a later launch declares the schedules again."""
@@ -517,6 +585,11 @@ class Scheduler:
                           inputs[1], None, None, None, None, executor.executor_id, 0, started, started,
                           timeout=timeout, deadline=deadline)  # fmt: skip
         created, last_tick = engine._storage.claim_tick(schedule.name, tick, row)
+        if not created and last_tick is None:  # its record is gone (deleted by hand) while this process runs it
+            log.warning("schedule %s: its record was removed from the file while this process runs it; "
+                        "declaring it again", schedule.name)  # fmt: skip
+            self._declare(schedule, now)
+            created, last_tick = engine._storage.claim_tick(schedule.name, tick, row)
         if created:
             log.debug("schedule %s: tick %s runs as workflow %s", schedule.name, _iso(tick), row.workflow_id)
             engine._feed.notify()

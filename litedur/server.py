@@ -5,8 +5,9 @@ chunked request bodies, chunked SSE responses), so a live reader costs a corouti
 What a request means is `http_streams`: its answer, which may block on the database (a write waits
 for other processes' writers), is worked out in a small thread pool. A live read (long-poll, SSE)
 then runs in the loop as a plan of `Read` and `Pause` requests, served by its stream's `SharedTail`:
-one follower per stream in this process, whatever the number of its readers, so the readers at the
-stream's end share one read and one encoded event per change. The server listens on loopback by
+one follower per stream in this process, whatever the number of its readers, keeping what it reads in
+a window, so the readers at the stream's end share one read and one encoded event per change, and a
+reader gets all that came since its offset in one write. The server listens on loopback by
 default; on any other address it refuses to start without a bearer token, and with a token every
 request must carry ``Authorization: Bearer <token>``.
 
@@ -22,16 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hmac
 import ipaddress
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from http import HTTPStatus
@@ -49,10 +50,11 @@ from .http_streams import (
     Response,
     StreamService,
     StreamView,
+    Window,
     error_response,
 )
 from .storage import SQLiteStorage
-from .wakeup import Interest, WorkflowSignals, feed_for
+from .wakeup import WorkflowSignals, feed_for
 
 logger = logging.getLogger("litedur.server")
 
@@ -64,6 +66,8 @@ MAX_HEADERS = 100
 IDLE_TIMEOUT = 300.0  # seconds an idle keep-alive connection is kept
 WORKERS = 32  # threads that answer requests (a live read's waits hold none)
 CLOSE_GRACE = 5.0  # seconds closing waits for the connections' tasks to end
+DRAIN_ABOVE = 64 << 10  # bytes buffered for a live reader's socket beyond which it waits for them to go
+RESUME_SLICE = 100  # paused live readers a change resumes per turn of the event loop (about a millisecond)
 
 
 class ServeError(LitedurError):
@@ -115,7 +119,7 @@ class Server:
         try:
             self._storage = SQLiteStorage(path if path is not None else _default_path(), create=create)
             self._client = Client(self._storage.path, unpickle=False)
-            self._feed = feed_for(self._storage.path)
+            self._feed = feed_for(self._storage)
             self._signals = WorkflowSignals(self._feed, self._storage.changes_since)
             options = ReadOptions(long_poll_timeout, sse_lifetime, private=token is not None)
             service = StreamService(self._storage, self._client, self._feed, self._signals, options)
@@ -348,7 +352,7 @@ class _HTTP:
         self.token = token
         self.url = url  # for a request without a Host header
         self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="litedur-serve")
-        self.tails = _Tails(service.signals, self.workers)
+        self.tails = _Tails(self.workers)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -394,9 +398,9 @@ class _HTTP:
         request = Request(head.method, head.target, head.headers, body, f"http://{host}" if host else self.url)
         response = await self._answer(request)
         if response.plan is not None:
-            response = await _LiveRead(self.tails, None).run(response.plan)
+            response = await _LiveRead(self.tails).run(response.plan)
         if response.events is not None:
-            await _write_events(reader, writer, response, _LiveRead(self.tails, reader))
+            await _write_events(reader, writer, response, self.tails)
             return False
         await _write(writer, head, response, keep_alive=head.keep_alive)
         return head.keep_alive
@@ -512,20 +516,14 @@ async def _write(writer: asyncio.StreamWriter, head: _Head, response: Response, 
 
 
 async def _write_events(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: Response, live: _LiveRead
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: Response, tails: _Tails
 ) -> None:
     """An SSE response: its pieces written in chunked encoding as the plan yields them; it ends when
     the plan ends or the client goes (the connection then closes)."""
     assert response.events is not None
     headers = {**response.headers, "Transfer-Encoding": "chunked", "Connection": "close"}
     writer.write(_head_bytes(response.status, headers))
-
-    async def write(piece: bytes) -> None:
-        if piece:
-            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            await writer.drain()
-
-    if await live.run(response.events, write) is not _GONE:
+    if await _LiveRead(tails, reader, writer).run(response.events) is not _GONE:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
@@ -534,200 +532,286 @@ _GONE = object()  # what a live read returns when its client went away first
 
 
 class _LiveRead:
-    """Drives one live read's plan in the event loop: its `Read` and `Pause` requests go to the
-    stream's `SharedTail`, joined for the plan's life; a read the tail cannot answer runs in the loop
-    (a standalone stream's is one indexed query) or in a worker thread (a workflow stream's)."""
+    """Drives one live read's plan in the event loop, as far as it goes without waiting, each time
+    something it waits for comes: a change of its stream (its stream's `SharedTail` resumes it
+    directly), its deadline, a read from storage, a socket's buffer draining.
 
-    def __init__(self, tails: _Tails, client: asyncio.StreamReader | None) -> None:
+    A `Read` is answered from the tail's window when it holds the offset, else by a read of storage:
+    in the loop (a standalone stream's is one indexed query) or in a worker thread (a workflow
+    stream's), shared by the readers at one offset. A `Pause` ends at once if the stream changed since
+    the last read. Bytes (SSE) are written in chunked encoding at once (and waited for only when the
+    client does not keep up). So a reader following a stream costs a window look-up and a socket write
+    per change: no task, future or timer.
+    """
+
+    def __init__(
+        self, tails: _Tails, client: asyncio.StreamReader | None = None, writer: asyncio.StreamWriter | None = None
+    ) -> None:
         self._tails = tails
+        self._writer = writer
+        self._transport = writer.transport if writer is not None else None
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[Any] = self._loop.create_future()
+        self._plan: Generator[Any, Any, Any] | None = None
         self._tail: SharedTail | None = None
-        self._seen = 0  # the tail's generation at the last read
-        self._gone = asyncio.ensure_future(client.read(1)) if client is not None else None  # EOF: it left
+        self._seen = -1  # the tail's generation at the last read
+        self.deadline = 0.0  # of the pause, on the loop's clock (time.monotonic)
+        self._timer: asyncio.TimerHandle | None = None  # at or before the deadline (moved on lazily)
+        self._draining: asyncio.Future[None] | None = None
+        self._gone: asyncio.Future[bytes] | None = None  # the client's EOF: it left
+        if client is not None:
+            self._gone = asyncio.ensure_future(client.read(1))
+            self._gone.add_done_callback(self._client_went)
 
-    async def run(self, plan: Generator[Any, Any, Any], write: Callable[[bytes], Awaitable[None]] | None = None) -> Any:
+    async def run(self, plan: Generator[Any, Any, Any]) -> Any:
         """Carry out ``plan``: its result, or _GONE if the client left first. A read's error (the
         stream went) goes back into the plan, which decides what to answer."""
-        reply: Any = None
-        error: Exception | None = None
+        self._plan = plan
         try:
-            while True:
+            self._advance(None)
+            return await self._done
+        finally:
+            self._stop()
+
+    def wake(self, changed: bool) -> None:
+        """The pause ends: the stream changed (its tail stopped waiting for this reader) or not."""
+        self._advance(changed)
+
+    def _advance(self, reply: Any, error: Exception | None = None) -> None:
+        """Hand the plan ``reply`` (or ``error``) and carry out its requests until one must wait."""
+        plan = self._plan
+        assert plan is not None
+        try:
+            while not self._done.done():
                 try:
-                    request = plan.throw(error) if error is not None else plan.send(reply)
+                    request = plan.send(reply) if error is None else plan.throw(error)
                 except StopIteration as stop:
-                    return stop.value
+                    self._done.set_result(stop.value)
+                    return
                 reply, error = None, None
-                if isinstance(request, Read):
+                if type(request) is Read:
                     try:
-                        reply = await self._read(request)
+                        reply = self._read(request)
                     except (HttpError, LitedurError) as exc:
                         error = exc
-                elif isinstance(request, Pause):
-                    reply = await self._pause(request)
-                    if reply is _GONE:
-                        return _GONE
-                else:
-                    assert write is not None
-                    reply = await write(request)
-        finally:
-            plan.close()
-            self._leave()
+                        continue
+                    if reply is None:
+                        return  # read in a worker thread: it resumes the plan
+                elif type(request) is Pause:
+                    tail = self._tail_of(request.view)
+                    if tail.generation == self._seen:
+                        if not tail.retired:
+                            self._pause(tail, request.deadline)
+                            return
+                        self._leave()  # nothing follows it any more: read again from a fresh one
+                    reply = True
+                elif not self._write(request):
+                    return  # draining: resumes the plan once drained
+        except Exception as exc:
+            if not self._done.done():
+                self._done.set_exception(exc)
 
-    async def _read(self, request: Read) -> Chunk:
-        tail = self._join(request.view)
+    def _read(self, request: Read) -> Chunk | None:
+        """The chunk at ``request.offset`` (None: it comes to `_read_done` later)."""
+        tail = self._tail_of(request.view)
         self._seen = tail.generation
         chunk = tail.chunk(request.offset)
         if chunk is not None:
             return chunk
-        if request.view.reads_block:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._tails.workers, request.view.read, request.offset)
-        chunk = request.view.read(request.offset)
-        tail.keep(request.offset, chunk)  # read in the loop, where bumps happen: none came in between
-        return chunk
+        if not request.view.reads_block:
+            return tail.read_here(request.view, request.offset)
+        reading, self._seen = tail.read(request.view, request.offset)
+        reading.add_done_callback(self._read_done)
+        return None
 
-    async def _pause(self, request: Pause) -> Any:
-        waiting = self._join(request.view).wait(self._seen, request.deadline)
-        if self._gone is None:
-            return await waiting
+    def _read_done(self, reading: asyncio.Future[Chunk]) -> None:
+        if self._done.done() or reading.cancelled():
+            return
+        error = reading.exception()
+        if error is None:
+            self._advance(reading.result())
+        elif isinstance(error, (HttpError, LitedurError)):
+            self._advance(None, error)
+        else:
+            self._done.set_exception(error)
 
-        def client_gone(_: object) -> None:
-            waiting.cancel()
+    def _pause(self, tail: SharedTail, deadline: float) -> None:
+        self.deadline = deadline
+        tail.waiting[self] = None
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._expire)
 
-        self._gone.add_done_callback(client_gone)
-        try:
-            return await waiting
-        except asyncio.CancelledError:
-            if self._gone.done():
-                return _GONE
-            raise  # the server is closing
-        finally:
-            self._gone.remove_done_callback(client_gone)
+    def _expire(self) -> None:
+        """The timer: end the pause if its deadline passed, else come back at the deadline."""
+        self._timer = None
+        tail = self._tail
+        if tail is None or self not in tail.waiting or self._done.done():
+            return  # not pausing: the next pause sets a timer
+        if self._loop.time() < self.deadline:
+            self._timer = self._loop.call_at(self.deadline, self._expire)
+            return
+        del tail.waiting[self]
+        self._advance(False)
 
-    def _join(self, view: StreamView) -> SharedTail:
+    def _write(self, piece: bytes) -> bool:
+        """Write an SSE piece as one chunk; False if the plan must wait (client slow or gone)."""
+        transport, writer = self._transport, self._writer
+        assert transport is not None and writer is not None, "only an SSE plan yields bytes"
+        if transport.is_closing():
+            self._done.set_result(_GONE)
+            return False
+        if piece:
+            transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        if transport.get_write_buffer_size() <= DRAIN_ABOVE:
+            return True
+        self._draining = asyncio.ensure_future(writer.drain())
+        self._draining.add_done_callback(self._drained)
+        return False
+
+    def _drained(self, draining: asyncio.Future[None]) -> None:
+        self._draining = None
+        if self._done.done():
+            return
+        if draining.cancelled() or draining.exception() is not None:
+            self._done.set_result(_GONE)
+        else:
+            self._advance(None)
+
+    def _client_went(self, gone: asyncio.Future[bytes]) -> None:
+        if not gone.cancelled():
+            gone.exception()  # (retrieved: a reset connection is no error here)
+            if not self._done.done():
+                self._done.set_result(_GONE)
+
+    def _tail_of(self, view: StreamView) -> SharedTail:
+        """The stream's tail, joined for the plan's life (or until a pause finds it retired)."""
         if self._tail is None:
             self._tail = self._tails.join(view)
+            self._seen = -1
         return self._tail
+
+    def _stop(self) -> None:
+        if self._plan is not None:
+            self._plan.close()
+        self._leave()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._draining is not None:
+            self._draining.cancel()
+        if self._gone is not None:
+            self._gone.remove_done_callback(self._client_went)
+            self._gone.cancel()
 
     def _leave(self) -> None:
         if self._tail is not None:
+            self._tail.waiting.pop(self, None)
             self._tails.leave(self._tail)
             self._tail = None
-        if self._gone is not None:
-            self._gone.cancel()
 
 
 # ---- shared tails: one follower per stream, whatever its number of live readers -----------------
 
 
 class SharedTail:
-    """The live readers of one stream in this process's event loop, woken together.
+    """The live readers of one stream in this process's event loop, and its follower.
 
-    A follower (see the subclasses) learns of each change after it committed and bumps the
-    generation, which wakes every waiting reader. What readers read in a generation is kept (and a
-    follower may publish what it read itself), so the readers at one offset share one read and one
-    encoded event per change: a reader costs a wake-up and a socket write, not a query.
+    The follower (a task) runs the stream view's `follow` and puts what it reads in the `window`;
+    each change bumps the generation and resumes every reader paused here, a slice at a time: a
+    reader at the stream's end takes what came from the window (joined and encoded once for all the
+    readers at its offset) and writes it, so several values that came meanwhile go in one write.
+    Readers whose offset is not in the window read storage, once per offset for all of them.
+    When the follower ends (the stream closed or went), the tail is retired: its readers still read
+    what it holds, but one that would wait there joins a fresh tail, as a new reader does.
     """
 
-    def __init__(self, key: tuple[str, ...]) -> None:
+    def __init__(self, key: tuple[str, ...], view: StreamView, workers: ThreadPoolExecutor) -> None:
         self.key = key
         self.generation = 0
         self.readers = 0
+        self.retired = False
+        self.window = Window(view.json)
+        self.waiting: dict[_LiveRead, None] = {}  # paused readers, resumed at the next change
+        self._workers = workers
         self._loop = asyncio.get_running_loop()
-        self._waiting: set[asyncio.Future[bool]] = set()
-        self._chunks: dict[str, Chunk] = {}
+        self._reads: dict[str, tuple[asyncio.Future[Chunk], int]] = {}  # by offset, while running
+        self._read: dict[str, Chunk] = {}  # what readers read from storage in this generation, by offset
+        self._follower = self._loop.create_task(self._follow(view))
 
-    def bump(self, offset: str | None = None, chunk: Chunk | None = None) -> None:
-        """A change: a new generation (with ``chunk``, read from ``offset`` since); wake the waiters."""
+    async def _follow(self, view: StreamView) -> None:
+        try:
+            async with contextlib.aclosing(view.follow()) as appended:
+                async for appends in appended:
+                    self.window.extend(appends)
+                    self.bump()
+        except (HttpError, LitedurError) as exc:  # e.g. it was deleted: its readers read and learn it
+            logger.debug("following %s ends: %s", self.key, exc)
+            self.window.reset()
+        except Exception:
+            logger.exception("following %s failed", self.key)
+            self.window.reset()
+        self.retired = True
+        self.bump()
+
+    def bump(self) -> None:
+        """A change: a new generation; resume every paused reader (`RESUME_SLICE` at a time, so that
+        requests and other streams are served between slices)."""
         self.generation += 1
-        self._chunks.clear()
-        if offset is not None and chunk is not None:
-            self._chunks[offset] = chunk
-        waiting, self._waiting = self._waiting, set()
-        for waiter in waiting:
-            if not waiter.done():
-                waiter.set_result(True)
+        self._read.clear()
+        if self.waiting:
+            waiting, self.waiting = list(self.waiting), {}
+            self._resume(waiting, 0)
+
+    def _resume(self, readers: list[_LiveRead], start: int) -> None:
+        end = start + RESUME_SLICE
+        for live in readers[start:end]:
+            live.wake(True)
+        if end < len(readers):
+            self._loop.call_soon(self._resume, readers, end)
 
     def chunk(self, offset: str) -> Chunk | None:
-        """What was read from ``offset`` in this generation, if anyone did."""
-        return self._chunks.get(offset)
+        """What a reader at ``offset`` gets without reading storage: from the window, or what a reader
+        read from there since the last change."""
+        chunk = self.window.chunk(offset)
+        return chunk if chunk is not None else self._read.get(offset)
 
-    def keep(self, offset: str, chunk: Chunk) -> None:
-        self._chunks[offset] = chunk
+    def read_here(self, view: StreamView, offset: str) -> Chunk:
+        """A read of storage from ``offset`` in the loop (where changes happen: none comes meanwhile)."""
+        chunk = self._read[offset] = view.read(offset)
+        return chunk
 
-    def wait(self, seen: int, deadline: float) -> asyncio.Future[bool]:
-        """A future: True at the first bump after generation ``seen``, False at ``deadline``."""
-        waiter = self._loop.create_future()
-        if seen != self.generation:
-            waiter.set_result(True)
-            return waiter
-        self._waiting.add(waiter)
-        timer = self._loop.call_at(deadline, _settle, waiter, False)  # the loop's clock is time.monotonic
-        waiter.add_done_callback(lambda done: (timer.cancel(), self._waiting.discard(done)))
-        return waiter
+    def read(self, view: StreamView, offset: str) -> tuple[asyncio.Future[Chunk], int]:
+        """A read of storage from ``offset`` in a worker thread, shared by the readers at that offset,
+        and the generation when it started."""
+        reading = self._reads.get(offset)
+        if reading is None:
+            future = self._loop.run_in_executor(self._workers, view.read, offset)
+            reading = self._reads[offset] = (future, self.generation)
+            future.add_done_callback(functools.partial(self._was_read, offset, self.generation))
+        return reading
+
+    def _was_read(self, offset: str, generation: int, reading: asyncio.Future[Chunk]) -> None:
+        del self._reads[offset]
+        if generation == self.generation and not reading.cancelled() and reading.exception() is None:
+            self._read[offset] = reading.result()
 
     def close(self) -> None:
         """The last reader left: stop following."""
-
-
-class InterestTail(SharedTail):
-    """Follows a standalone stream: an `Interest` in its change key, rung at once by an append of this
-    process, through the change feed for another process's."""
-
-    def __init__(self, key: tuple[str, ...], interest: Interest) -> None:
-        super().__init__(key)
-        self._interest = interest
-        self._follower = self._loop.create_task(self._follow())
-
-    async def _follow(self) -> None:
-        while True:
-            self._interest.arm()  # before the bump: a change from now on rings again
-            self.bump()
-            await self._interest.wait_async(None)
-
-    def close(self) -> None:
         self._follower.cancel()
-        self._interest.close()
-
-
-class ReaderTail(SharedTail):
-    """Follows a workflow stream: its `StreamView.follow` runs in a thread of its own (a stream
-    reader blocks), and each value batch it reads becomes a bump that carries it."""
-
-    def __init__(self, key: tuple[str, ...], view: StreamView, threads: _Threads) -> None:
-        super().__init__(key)
-        self._stopping = False
-        threads.run(self._follow, view)
-
-    def _follow(self, view: StreamView) -> None:
-        try:
-            for offset, chunk in view.follow(lambda: self._stopping):
-                self._loop.call_soon_threadsafe(self.bump, offset, chunk)
-        except Exception as exc:  # e.g. the workflow was deleted: readers re-read and learn it
-            logger.debug("following %s ends: %s", self.key, exc)
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self.bump)
-
-    def close(self) -> None:
-        self._stopping = True
 
 
 class _Tails:
     """The shared tails of the streams being read live, by `StreamView.tail_key` (event loop only)."""
 
-    def __init__(self, signals: WorkflowSignals, workers: ThreadPoolExecutor) -> None:
-        self._signals = signals
+    def __init__(self, workers: ThreadPoolExecutor) -> None:
         self.workers = workers  # reads that may block run here
-        self._followers = _Threads("litedur-serve-follow")
         self._tails: dict[tuple[str, ...], SharedTail] = {}
 
     def join(self, view: StreamView) -> SharedTail:
         tail = self._tails.get(view.tail_key)
-        if tail is None:
-            if view.change_key is not None:
-                tail = InterestTail(view.tail_key, self._signals.interest(view.change_key))
-            else:
-                tail = ReaderTail(view.tail_key, view, self._followers)
-            self._tails[view.tail_key] = tail
+        if tail is None or tail.retired:
+            tail = self._tails[view.tail_key] = SharedTail(view.tail_key, view, self.workers)
         tail.readers += 1
         return tail
 
@@ -736,42 +820,7 @@ class _Tails:
 
     def leave(self, tail: SharedTail) -> None:
         tail.readers -= 1
-        if tail.readers == 0 and self._tails.get(tail.key) is tail:
-            del self._tails[tail.key]
+        if tail.readers == 0:
+            if self._tails.get(tail.key) is tail:
+                del self._tails[tail.key]
             tail.close()
-
-
-class _Threads:
-    """Daemon threads that run blocking jobs, kept for the next job when idle (a thread's SQLite
-    connection lives as long as its storage: threads made per job would pile them up), and never
-    holding up the process's exit."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
-        self._idle = 0
-        self._lock = threading.Lock()
-
-    def run(self, job: Callable[..., Any], *args: Any) -> None:
-        with self._lock:
-            start = self._idle == 0  # else an idle thread takes the job
-            if not start:
-                self._idle -= 1
-        self._jobs.put((job, args))
-        if start:
-            threading.Thread(target=self._work, name=self._name, daemon=True).start()
-
-    def _work(self) -> None:
-        while True:
-            job, args = self._jobs.get()
-            try:
-                job(*args)
-            except Exception:
-                logger.exception("a %s job failed", self._name)
-            with self._lock:
-                self._idle += 1
-
-
-def _settle(future: asyncio.Future[bool], result: bool) -> None:
-    if not future.done():
-        future.set_result(result)

@@ -698,6 +698,10 @@ class AsyncStreamReader(AsyncIterator[Any]):
     def offset(self) -> int:
         return self._reader.offset
 
+    def buffered(self) -> int:
+        """Values already fetched and not yet returned (the next ones come without waiting)."""
+        return self._reader.buffered()
+
     def __aiter__(self) -> AsyncStreamReader:
         return self
 

@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import DatabaseError
 from .runner import Plan, Wait
@@ -52,16 +52,14 @@ _READ_SIZE = 65536
 class ChangeFeed:
     """This process's commits to one database file, and the waiters to wake for them."""
 
-    def __init__(self, db_path: str) -> None:
-        self.db_path = db_path
+    def __init__(self, source: WakeSource) -> None:
+        self.source = source
+        self.location = source.location
         self._version = 0
         self._lock = threading.Lock()
         self._waiting: set[Waiter] = set()
         self._idle_watches: list[_Watch] = []
         self._signals: weakref.WeakSet[WorkflowSignals] = weakref.WeakSet()
-        self._signal_fd = -1
-        self._signal_pid = -1  # the process whose signal file _signal_fd is (a forked child makes its own)
-        self._signal_lock = threading.Lock()
 
     @property
     def version(self) -> int:
@@ -98,23 +96,8 @@ class ChangeFeed:
         ids = list(workflow_ids)
         for signals in list(self._signals):
             signals.ring(ids, "hand-over")
-        self._touch_signal_file()
+        self.source.announce()
         self.notify()
-
-    @property
-    def signal_path(self) -> str:
-        return signal_path(self.db_path)
-
-    def _touch_signal_file(self) -> None:
-        # One byte rewritten in place: a file-change event for every watcher, and the file never grows.
-        if self._signal_pid != os.getpid():
-            with self._signal_lock:
-                if self._signal_pid != os.getpid():
-                    self._signal_fd = _open_signal_file(self.signal_path)  # a fork's child inherits no fd use
-                    self._signal_pid = os.getpid()
-        if self._signal_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.pwrite(self._signal_fd, b"\0", 0)
 
     def waiter(self, wait: str = "auto") -> Waiter:
         """A waiter for one reader. ``wait``: "auto", "notify" or "poll" (also env LITEDUR_WAIT=poll)."""
@@ -124,7 +107,7 @@ class ChangeFeed:
             wait = "poll"
         watch = None if wait == "poll" else self._take_watch()
         if watch is None and wait == "notify":
-            raise OSError(f"no file-change notification available for {self.db_path}")
+            raise OSError(f"no change notification available for {self.location}")
         return Waiter(self, watch)
 
     def _take_watch(self) -> _Watch | None:
@@ -133,7 +116,7 @@ class ChangeFeed:
                 watch = self._idle_watches.pop()
                 watch.drain()
                 return watch
-        return _open_watch(self.db_path)
+        return self.source.database_watch()
 
     def _return_watch(self, watch: _Watch) -> None:
         """Keep a finished reader's watch for the next one: closing an inotify descriptor is slow."""
@@ -376,7 +359,7 @@ class WorkflowSignals:
         interest = Interest(self, workflow_ids)
         with self._lock:
             if self._closed:
-                raise DatabaseError(f"cannot wait: the client of {self._feed.db_path} is closed")
+                raise DatabaseError(f"cannot wait: the client of {self._feed.location} is closed")
             first = self._count == 0
             if first:
                 self._start_watching()
@@ -396,7 +379,7 @@ class WorkflowSignals:
         if self._thread is not None:
             return
         if self._wait != "poll" and os.environ.get("LITEDUR_WAIT", "").lower() != "poll":
-            self._watch = _open_signal_watch(self._feed.signal_path)
+            self._watch = self._feed.source.signal_watch()
         self._last = self._changes_since(None)[0]
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="litedur-signals", daemon=True)
@@ -446,7 +429,7 @@ class WorkflowSignals:
         with self.interest(*workflow_ids) as interest:
             while True:
                 if self._closed:
-                    raise DatabaseError(f"stopped waiting: the client of {self._feed.db_path} was closed")
+                    raise DatabaseError(f"stopped waiting: the client of {self._feed.location} was closed")
                 interest.arm()
                 done, value = check()
                 if done:
@@ -593,6 +576,50 @@ class _Watch:
         raise NotImplementedError
 
 
+class WakeSource(Protocol):
+    """How a storage backend lets one process know that another committed (see `feed_for`)."""
+
+    location: str  # what identifies the database: one feed per location in a process
+
+    def database_watch(self) -> _Watch | None:
+        """A watch that fires on any commit (stream readers), or None: then the reader polls."""
+
+    def signal_watch(self) -> _Watch | None:
+        """A watch that fires when another process `announce`s workflow changes, or None: poll."""
+
+    def announce(self) -> None:
+        """Tell other processes that this one just committed numbered workflow changes."""
+
+
+class FileWakeSource:
+    """A SQLite file's wake-ups: file events on the database and its WAL wake stream readers, and
+    each process rewrites a signal file of its own (next to the executor locks) after committing
+    workflow changes, which wakes the workflow watchers of other processes."""
+
+    def __init__(self, db_path: str) -> None:
+        self.location = os.path.realpath(db_path)
+        self._signal_fd = -1
+        self._signal_pid = -1  # the process whose signal file _signal_fd is (a forked child makes its own)
+        self._signal_lock = threading.Lock()
+
+    def database_watch(self) -> _Watch | None:
+        return _open_watch(self.location)
+
+    def signal_watch(self) -> _Watch | None:
+        return _open_signal_watch(signal_path(self.location))
+
+    def announce(self) -> None:
+        # One byte rewritten in place: a file-change event for every watcher, and the file never grows.
+        if self._signal_pid != os.getpid():
+            with self._signal_lock:
+                if self._signal_pid != os.getpid():
+                    self._signal_fd = _open_signal_file(signal_path(self.location))  # a fork's child opens its own
+                    self._signal_pid = os.getpid()
+        if self._signal_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.pwrite(self._signal_fd, b"\0", 0)
+
+
 # Each process signals through a file of its own where the kernel names the file in its events
 # (inotify), so a watcher ignores its own process's signals; elsewhere all share one file.
 _OWN_SIGNAL_FILE = sys.platform.startswith("linux")
@@ -674,13 +701,13 @@ def _open_watch(db_path: str) -> _Watch | None:
     return None
 
 
-def watch_database(db_path: str) -> _Watch | None:
+def watch_database(feed: ChangeFeed) -> _Watch | None:
     """A descriptor to poll (``fileno()``; ``drain()`` is True for a relevant event) that becomes
-    readable when any process commits anything to the database: the file event that wakes stream
-    readers. None where the platform has none (or ``LITEDUR_WAIT=poll``): then poll. Close it after."""
+    readable when any process commits anything to the feed's database: the event that wakes stream
+    readers. None where there is none (or ``LITEDUR_WAIT=poll``): then poll. Close it after."""
     if os.environ.get("LITEDUR_WAIT", "").lower() == "poll":
         return None
-    return _open_watch(db_path)
+    return feed.source.database_watch()
 
 
 _libc_handle: Any = None
@@ -851,11 +878,12 @@ _feeds: dict[str, ChangeFeed] = {}
 _feeds_lock = threading.Lock()
 
 
-def feed_for(db_path: str) -> ChangeFeed:
-    """The process-wide feed of a database file, shared by every engine and client on it."""
-    key = os.path.realpath(db_path)
+def feed_for(storage: Any) -> ChangeFeed:
+    """The process-wide feed of a database, shared by every engine and client on it. ``storage``
+    is the backend (see `litedur.storage`); it gives the wake-up source of its database."""
+    source: WakeSource = storage.wake_source()
     with _feeds_lock:
-        feed = _feeds.get(key)
+        feed = _feeds.get(source.location)
         if feed is None:
-            feed = _feeds[key] = ChangeFeed(key)
+            feed = _feeds[source.location] = ChangeFeed(source)
         return feed

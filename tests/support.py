@@ -101,30 +101,24 @@ class ReaderThread(threading.Thread):
         return self.values
 
 
-def stream_entries(db_path: str | Path, workflow_id: str, key: str) -> list[tuple[int, Any, int, int]]:
-    """``(offset, value, position, attempt)`` of every value stored in a stream, by offset.
+def _text(data: str | bytes) -> str:
+    return data.decode() if isinstance(data, bytes) else data
 
-    A plain SQL query on its own connection, not through litedur, so tests see what is on disk. It
-    uses apsw, never the stdlib sqlite3: two SQLite libraries in one process do not share POSIX
-    locks, and closing one's file descriptor drops the other's locks (SQLite then reports I/O errors).
-    """
+
+def stream_entries(db_path: str | Path, workflow_id: str, key: str) -> list[tuple[int, Any, int, int]]:
+    """``(offset, value, position, attempt)`` of every value stored in a stream, by offset (`raw_rows`)."""
     import json
     import pickle
 
-    import apsw
-
-    db = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        db.set_busy_timeout(30_000)
-        rows = db.execute(
-            "SELECT e.offset, e.encoding, e.value, e.position, e.attempt FROM stream_entries e "
-            "JOIN streams s ON s.stream_id = e.stream_id WHERE s.workflow_id = ? AND s.key = ? "
-            "ORDER BY e.offset",
-            (workflow_id, key),
-        ).fetchall()
-    finally:
-        db.close()
-    decode = {0: lambda data: data, 1: json.loads, 2: pickle.loads}  # litedur.values TEXT, JSON, PICKLED
+    rows = raw_rows(
+        db_path,
+        "SELECT e.offset, e.encoding, e.value, e.position, e.attempt FROM stream_entries e "
+        "JOIN streams s ON s.stream_id = e.stream_id WHERE s.workflow_id = ? AND s.key = ? "
+        "ORDER BY e.offset",
+        workflow_id,
+        key,
+    )
+    decode = {0: _text, 1: json.loads, 2: pickle.loads}  # litedur.values TEXT, JSON, PICKLED
     return [
         (offset, decode[encoding](data), position, attempt)
         for offset, encoding, data, position, attempt in rows
@@ -152,3 +146,32 @@ def exists(client: Any, workflow_id: str) -> bool:
     except litedur.WorkflowNotFoundError:
         return False
     return True
+
+
+def on_sqlite(location: object) -> bool:
+    """True if a test's database ``location`` is a SQLite file (not a PostgreSQL URL)."""
+    return not str(location).startswith(("postgresql://", "postgres://"))
+
+
+def raw_rows(location: str | Path, sql: str, *params: object) -> list[tuple]:
+    """Rows of a plain SQL query (``?`` placeholders) on a connection of its own, not through
+    litedur, so a test sees what is stored: apsw for a SQLite file (never the stdlib sqlite3: two
+    SQLite libraries in one process do not share POSIX locks, and closing one's file descriptor drops
+    the other's locks), psycopg for a PostgreSQL URL (in its schema; BYTEA comes back as bytes)."""
+    if on_sqlite(location):
+        import apsw
+
+        db = apsw.Connection(str(location), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            db.set_busy_timeout(30_000)
+            return db.execute(sql, params).fetchall()
+        finally:
+            db.close()
+    import psycopg
+
+    from litedur.storage.postgres import split_url
+
+    conninfo, schema = split_url(str(location))
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"SET search_path TO {schema}")
+        return [tuple(row) for row in conn.execute(sql.replace("?", "%s"), params).fetchall()]

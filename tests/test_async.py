@@ -18,7 +18,6 @@ import asyncio
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from support import SideEffectLog, finish, kill, spawn, stream_entries, wait_until
@@ -33,8 +32,8 @@ class Crash(BaseException):
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    return str(tmp_path / "async.db")
+def db(location) -> str:
+    return location("async.db")
 
 
 def steps_by_position(client: litedur.Client, workflow_id: str) -> dict[int, litedur.StepInfo]:

@@ -98,3 +98,15 @@ def test_verbose_shows_the_library_log_on_stderr(db):
     result = run("-v", "--db", db, "gc", "--keep-last", 0)
     assert result.exit_code == 0, result.output
     assert "INFO litedur: collected 4 workflows" in result.stderr
+
+
+def test_gc_with_both_rules_deletes_what_either_selects(db):
+    """done-0 .. done-3 ended just now: --older-than 1h selects none of them and --older-than 0s all."""
+    result = run("--db", db, "gc", "--older-than", "1h", "--keep-last", 1, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert sorted(result.stdout.split()) == ["done-0", "done-1", "done-2"]  # --keep-last alone selects them
+    result = run("--db", db, "gc", "--older-than", "0s", "--keep-last", 3, "--json")
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(result.stdout)["deleted"]) == ["done-0", "done-1", "done-2", "done-3"]  # the newest 3 too
+    assert ids(db) == {"waiting"}
+    assert "either rule selects it" in " ".join(run("gc", "--help").stdout.split())

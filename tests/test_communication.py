@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import SideEffectLog, wait_until
+from support import SideEffectLog, on_sqlite, raw_rows, wait_until
 
 import litedur
 
@@ -28,22 +28,18 @@ class Unstorable:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "talk.db"
+def db(location) -> str:
+    return location("talk.db")
 
 
-def file_digest(path: Path) -> str:
-    """The database's content as SQLite sees it (the main file after a checkpoint of the WAL)."""
-    import apsw
-
-    conn = apsw.Connection(str(path))
-    try:
-        dump = [
-            (table, conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall())
-            for (table,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-        ]
-    finally:
-        conn.close()
+def file_digest(db: str) -> str:
+    """The database's content, every row of every table, as a plain client sees it."""
+    if on_sqlite(db):
+        tables = raw_rows(db, "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+    else:
+        schema = db.rsplit("schema=", 1)[1]
+        tables = raw_rows(db, "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", schema)
+    dump = [(table, raw_rows(db, f"SELECT * FROM {table} ORDER BY 1, 2")) for (table,) in sorted(tables)]
     return hashlib.sha256(repr(dump).encode()).hexdigest()
 
 
@@ -337,13 +333,7 @@ def test_sleep_keeps_its_original_deadline_across_a_restart(db, engines):
 
 
 def _timer_of(db: Path, workflow_id: str) -> float | None:
-    import apsw
-
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        rows = conn.execute("SELECT deadline FROM timers WHERE workflow_id = ?", (workflow_id,)).fetchall()
-    finally:
-        conn.close()
+    rows = raw_rows(db, "SELECT deadline FROM timers WHERE workflow_id = ?", workflow_id)
     return rows[0][0] if rows else None
 
 

@@ -19,9 +19,8 @@ import subprocess
 import threading
 import time
 
-import apsw
 import pytest
-from support import ReaderThread, SideEffectLog, exists, finish, kill, spawn, stream_entries, wait_until
+from support import ReaderThread, SideEffectLog, exists, finish, kill, raw_rows, spawn, stream_entries, wait_until
 
 import litedur
 
@@ -29,9 +28,9 @@ RECV = "litedur.recv"
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
+def db(location, monkeypatch):
     monkeypatch.delenv("LITEDUR_WAIT", raising=False)  # file-change notification, in the children too
-    path = str(tmp_path / "comm.db")
+    path = location("comm.db")
     litedur.Engine(path).close()  # the file exists before any child or client opens it
     return path
 
@@ -83,13 +82,8 @@ def pause_until(epoch: float) -> None:
 
 
 def on_disk(db: str, sql: str, *params: object) -> list[tuple]:
-    """A plain query on a read-only connection of its own (apsw, never sqlite3: see `stream_entries`)."""
-    conn = apsw.Connection(db, flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        conn.set_busy_timeout(30_000)
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    """A plain query on a connection of its own (see support.raw_rows)."""
+    return raw_rows(db, sql, *params)
 
 
 def timer_deadline(db: str, workflow_id: str, position: int) -> float | None:

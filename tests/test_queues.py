@@ -27,9 +27,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import apsw
 import pytest
-from support import WORKERS, SideEffectLog, finish, kill, spawn, wait_until
+from support import WORKERS, SideEffectLog, finish, kill, raw_rows, spawn, wait_until
 
 import litedur
 
@@ -37,9 +36,9 @@ import litedur
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
+def db(location, monkeypatch):
     monkeypatch.delenv("LITEDUR_WAIT", raising=False)  # file-change notification, in the children too
-    path = str(tmp_path / "queues.db")
+    path = location("queues.db")
     litedur.Engine(path).close()  # the file exists before any child or client opens it
     return path
 
@@ -82,13 +81,8 @@ def runs_of(log: SideEffectLog) -> dict[str, list[str]]:
 
 
 def on_disk(db: str, sql: str, *params: object) -> list[tuple]:
-    """A plain query on a read-only connection of its own (apsw, never sqlite3: see support.stream_entries)."""
-    conn = apsw.Connection(db, flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        conn.set_busy_timeout(30_000)
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    """A plain query on a connection of its own (see support.raw_rows)."""
+    return raw_rows(db, sql, *params)
 
 
 def count(db: str, where: str, *params: object) -> int:
@@ -193,7 +187,7 @@ def test_three_workers_hold_every_limit_and_finish_each_workflow_once_across_a_s
     assert left_at_kill > 0, "the kill came too late to be mid-run"
 
     wait_until(lambda: count(db, "status = 'SUCCESS'") == len(queue_of), timeout=60)
-    assert count(db, "1") == len(queue_of)  # no second row for anything
+    assert count(db, "true") == len(queue_of)  # no second row for anything
 
     statuses = {wid: client.get_status(wid) for wid in queue_of}
     steps = {wid: work_step(client, wid) for wid in queue_of}
@@ -390,7 +384,7 @@ def test_a_plain_script_enqueues_by_name_and_an_existing_id_returns_its_workflow
     assert client.get_status("c3").status == "ENQUEUED"  # no process registered its workflow
     assert enqueue(client, "plain", "c1", 0.0).get_status().status == "SUCCESS"  # finished: its handle, no rerun
     assert {wid: len(pids) for wid, pids in runs_of(log).items()} == {"c1": 1, "c4": 1}
-    assert count(db, "1") == 3
+    assert count(db, "true") == 3
     inputs = client.get_status("c1").inputs
     assert (list(inputs["args"]), inputs["kwargs"]) == (["c1", 0.0], {})
 

@@ -44,8 +44,8 @@ def kill_at_boundary(db, log: SideEffectLog, workflow_id: str, boundary: int) ->
 
 
 @pytest.mark.parametrize("boundary", range(STEPS + 1))
-def test_sigkill_at_each_step_boundary_then_relaunch_finishes_with_every_step_once(tmp_path, boundary):
-    db = tmp_path / "recovery.db"
+def test_sigkill_at_each_step_boundary_then_relaunch_finishes_with_every_step_once(tmp_path, location, boundary):
+    db = location("recovery.db")
     log = SideEffectLog(tmp_path / "effects.log")
     kill_at_boundary(db, log, "five", boundary)
     with litedur.Client(db) as client:
@@ -73,8 +73,8 @@ def test_sigkill_at_each_step_boundary_then_relaunch_finishes_with_every_step_on
         assert all(s.attempts == 1 for s in steps)
 
 
-def test_a_workflow_killed_again_and_again_while_recovering_still_runs_each_step_once(tmp_path):
-    db = tmp_path / "recovery.db"
+def test_a_workflow_killed_again_and_again_while_recovering_still_runs_each_step_once(tmp_path, location):
+    db = location("recovery.db")
     log = SideEffectLog(tmp_path / "effects.log")
     for boundary in (1, 3, 5):  # each new process gets two steps further, then dies
         kill_at_boundary(db, log, "chain", boundary)
@@ -90,8 +90,8 @@ def test_a_workflow_killed_again_and_again_while_recovering_still_runs_each_step
         assert (status.status, status.output, status.recovery_attempts) == ("SUCCESS", list(range(STEPS)), 3)
 
 
-def test_two_processes_recover_20_pending_workflows_of_a_dead_executor_each_exactly_once(tmp_path):
-    db = tmp_path / "recovery.db"
+def test_two_processes_recover_20_pending_workflows_of_a_dead_executor_each_exactly_once(tmp_path, location):
+    db = location("recovery.db")
     log = SideEffectLog(tmp_path / "effects.log")
     count = 20
     ids = [f"p{i:02d}" for i in range(count)]
@@ -134,8 +134,8 @@ def test_two_processes_recover_20_pending_workflows_of_a_dead_executor_each_exac
             assert [s.attempts for s in client.list_steps(workflow_id)] == [1, 1]
 
 
-def test_max_recovery_attempts_stops_a_workflow_that_keeps_killing_its_process(tmp_path):
-    db = tmp_path / "recovery.db"
+def test_max_recovery_attempts_stops_a_workflow_that_keeps_killing_its_process(tmp_path, location):
+    db = location("recovery.db")
     log = SideEffectLog(tmp_path / "effects.log")
     # max_recovery_attempts=2: the first run and two recoveries die; the third recovery gives up.
     for run in range(3):

@@ -9,10 +9,12 @@ as real time, so that a cron minute passes in half a second (see tests/workers/s
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
+import apsw
 import pytest
 from click.testing import CliRunner, Result
 from litedur.cli import main
@@ -428,3 +430,140 @@ def test_the_schedules_command_without_schedules_or_database(tmp_path):
     assert json.loads(run("--db", tmp_path / "empty.db", "schedules", "--json").stdout) == []
     missing = run("--db", tmp_path / "missing.db", "schedules")
     assert missing.exit_code == 2 and "no litedur database" in missing.stderr
+
+
+# ---- stale schedules --------------------------------------------------------------------------------------------
+
+
+def schedule_old(app: litedur.Engine) -> None:
+    @app.scheduled("0 * * * *", name="old")
+    @app.workflow(name="old_report")
+    def old_report(scheduled_time: datetime, actual_time: datetime) -> None:
+        pass
+
+
+def states(client: litedur.Client) -> dict[str, tuple[bool, tuple[str, ...]]]:
+    return {info.name: (info.active, info.executors) for info in client.list_schedules()}
+
+
+def test_a_schedule_dropped_from_the_code_turns_stale_and_can_be_removed(engines, tmp_path, clock):
+    first = engines(tmp_path / "s.db", executor_id="first")
+    schedule_every(first)
+    schedule_old(first)
+    first.launch()
+    assert states(first) == {"every": (True, ("first",)), "old": (True, ("first",))}
+    first.shutdown()  # the application stops: its schedules stay, and nothing runs them
+    with litedur.Client(tmp_path / "s.db") as client:
+        assert states(client) == {"every": (False, ()), "old": (False, ())}
+    listed = run("--db", tmp_path / "s.db", "schedules")
+    assert [line.split()[:7] for line in listed.stdout.splitlines()[1:]] == [
+        ["every", "*", "*", "*", "*", "*", "UTC"], ["old", "0", "*", "*", "*", "*", "UTC"]]  # fmt: skip
+    assert [line.split()[7] for line in listed.stdout.splitlines()[1:]] == ["stale", "stale"]
+    assert "stale: every, old (no running process declared them" in listed.stderr
+
+    second = engines(tmp_path / "s.db", executor_id="second")  # the next version has no "old"
+    schedule_every(second)
+    second.launch()
+    assert states(second) == {"every": (True, ("second",)), "old": (False, ())}
+    storage = second._storage
+    assert [row[:2] for row in storage.schedule_declarations()] == [("every", "second"), ("old", "first")]
+
+    listed = run("--db", second.path, "schedules")
+    lines = listed.stdout.splitlines()
+    assert lines[1].split()[7:9] == ["01-01", "00:01"] and lines[2].split()[7] == "stale"
+    assert "stale: old (no running process declared it:" in listed.stderr
+    document = {item["name"]: item for item in json.loads(run("--db", second.path, "schedules", "--json").stdout)}
+    assert (document["every"]["active"], document["every"]["executors"]) == (True, ["second"])
+    assert (document["old"]["active"], document["old"]["executors"]) == (False, [])
+    assert document["old"]["next_tick"] == "2030-01-01T01:00:00+00:00"  # by the cron; it runs only if active
+
+    with pytest.raises(litedur.LitedurError, match="schedule 'every' is active: declared by running executor 'second'"):
+        second.remove_schedule("every")
+    with pytest.raises(LookupError, match=r"no schedule named 'nope' in .*s\.db"):
+        second.remove_schedule("nope")
+    refused = run("--db", second.path, "schedules", "remove", "old", "every")
+    assert refused.exit_code == 1 and "'every' is active" in refused.stderr and "'second'" in refused.stderr
+    unknown = run("--db", second.path, "schedules", "remove", "old", "nope")
+    assert unknown.exit_code == 2 and "no schedule named 'nope'" in unknown.stderr
+    assert set(states(second)) == {"every", "old"}  # nothing removed while one name was wrong
+
+    removed = run("--db", second.path, "schedules", "remove", "old", "--json")
+    assert removed.exit_code == 0, removed.output
+    assert json.loads(removed.stdout) == {"removed": ["old"]}
+    assert states(second) == {"every": (True, ("second",))}
+    assert [row[:2] for row in storage.schedule_declarations()] == [("every", "second")]
+    again = run("--db", second.path, "schedules", "remove", "old")
+    assert again.exit_code == 2 and "no schedule named 'old'" in again.stderr
+
+
+def test_removing_a_schedule_declared_again_meanwhile_removes_nothing(engines, tmp_path, clock):
+    app = engines(tmp_path / "s.db", executor_id="only")
+    schedule_old(app)
+    app.launch()
+    storage = app._storage
+    [row] = storage.list_schedules()
+    clock.time += 1
+    storage.declare_schedule(row._replace(declared_at=clock.time), "only")  # a launch after the read
+    assert storage.remove_schedule("old", row.declared_at) is False
+    assert storage.remove_schedule("old", clock.time) is True
+    assert storage.list_schedules() == [] and storage.schedule_declarations() == []
+    assert storage.remove_schedule("old", clock.time) is False
+
+
+def test_a_process_that_runs_a_schedule_declares_it_again_if_its_record_is_deleted(engines, tmp_path, clock, caplog):
+    app = engines(tmp_path / "s.db")
+    schedule_every(app)
+    app.launch()
+    [row] = app._storage.list_schedules()
+    assert app._storage.remove_schedule("every", row.declared_at)  # by hand, under a live process
+    with caplog.at_level(logging.WARNING, logger="litedur"):
+        clock.time = at("00:01:00.5")
+        wait_ran(app, "00:01")
+    assert any("schedule every: its record was removed" in record.getMessage() for record in caplog.records)
+    [info] = app.list_schedules()
+    assert info.active and info.last_tick == datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
+
+
+def test_a_killed_worker_leaves_its_schedule_stale_at_once_and_then_it_can_be_removed(tmp_path, log, children):
+    db = tmp_path / "s.db"
+    children.append(spawn("sched_worker.py", db, log.path, time.time(), 1))  # a real clock: no tick soon
+    wait_until(lambda: log.words_after("ready "), timeout=30)
+    with litedur.Client(db) as client:
+        [info] = client.list_schedules()
+        [executor] = info.executors
+        assert info.active and f"-{children[0].pid}-" in executor
+        with pytest.raises(litedur.LitedurError, match=f"'every' is active: declared by running executor '{executor}'"):
+            client.remove_schedule("every")
+        kill(children[0])
+        [info] = client.list_schedules()  # no lease to wait for: the worker's lock went with it
+        assert (info.active, info.executors) == (False, ())
+    removed = run("--db", db, "schedules", "remove", "every")
+    assert removed.exit_code == 0, removed.output
+    assert "removed 1 schedule: every" in removed.stderr
+    with litedur.Client(db) as client:
+        assert client.list_schedules() == []
+
+
+def test_a_schedule_of_a_version_6_file_reads_as_stale_until_its_process_launches(engines, tmp_path, clock):
+    path = tmp_path / "v6.db"
+    db = apsw.Connection(str(path))  # a file as litedur wrote it at schema version 6, with one schedule
+    list(db.execute("PRAGMA journal_mode = WAL"))
+    for migration in litedur.storage.sqlite.MIGRATIONS[:6]:
+        list(db.execute(migration))
+    db.execute(f"PRAGMA application_id = {litedur.storage.sqlite.APPLICATION_ID}")
+    db.execute("PRAGMA user_version = 6")
+    claimed = at("00:00:00")
+    db.execute("INSERT INTO schedules VALUES ('every', 'every', '* * * * *', NULL, 0, ?, ?, ?)", (T0, T0, claimed))
+    db.execute("INSERT INTO schedules VALUES ('gone', 'gone', '0 * * * *', NULL, 0, ?, ?, NULL)", (T0, T0))
+    db.close()
+    with litedur.Client(path) as client:
+        assert client.info()["schema_version"] == litedur.storage.SCHEMA_VERSION >= 7
+        assert states(client) == {"every": (False, ()), "gone": (False, ())}
+    app = engines(path, executor_id="upgraded")
+    schedule_every(app)
+    app.launch()
+    assert states(app) == {"every": (True, ("upgraded",)), "gone": (False, ())}
+    [every, _] = app.list_schedules()
+    assert every.last_tick == datetime(2030, 1, 1, tzinfo=UTC)  # the claims survive the upgrade
+    app.remove_schedule("gone")
+    assert list(states(app)) == ["every"]

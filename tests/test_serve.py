@@ -21,6 +21,7 @@ import pytest
 from support import wait_until
 
 import litedur
+from litedur.http_streams import MAX_READ_VALUES, WINDOW_APPENDS, Appends, Window, format_offset
 from litedur.server import ServeError
 
 TIMEOUT = 10.0  # seconds any single HTTP exchange of these tests may take
@@ -263,6 +264,60 @@ def test_an_append_in_another_process_wakes_a_long_poll_here(server, tmp_path):
     assert (reply.status, reply.body) == (200, b"from afar")
 
 
+def sse_events_of(raw: bytes) -> list[tuple[str, str]]:
+    """The events of a whole chunked SSE response (head included), in order: (type, data)."""
+    body, at = b"", raw.index(b"\r\n\r\n") + 4
+    while True:
+        line_end = raw.index(b"\r\n", at)
+        size = int(raw[at:line_end], 16)
+        if size == 0:
+            break
+        body += raw[line_end + 2 : line_end + 2 + size]
+        at = line_end + 2 + size + 2
+    events = []
+    for block in body.split(b"\n\n")[:-1]:
+        lines = block.decode().split("\n")
+        kind = next((line[6:].strip() for line in lines if line.startswith("event:")), "")
+        if kind:
+            events.append((kind, "\n".join(line[5:].removeprefix(" ") for line in lines if line.startswith("data:"))))
+    return events
+
+
+def test_a_reader_that_does_not_keep_up_holds_up_no_one_then_gets_everything_in_fewer_events(server):
+    tail = call(server, "PUT", "/v1/stream/big", Content_Type="text/plain").offset
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # so what the server sends backs up in it
+    slow.settimeout(TIMEOUT)
+    slow.connect((server.host, server.port))
+    slow.sendall(f"GET /v1/stream/big?offset={tail}&live=sse HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    fast = SSE(server, f"/v1/stream/big?offset={tail}&live=sse")
+    try:
+        assert fast.next_event()[0] == "control"
+        wait_until(lambda: server.live_readers() == 2, timeout=TIMEOUT)
+        appends = [f"<{n:03d}>".encode() * 32768 for n in range(48)]  # 160 KiB each: more than socket buffers hold
+        for n, data in enumerate(appends):
+            closing = {"Stream_Closed": "true"} if n == len(appends) - 1 else {}
+            assert call(server, "POST", "/v1/stream/big", data, Content_Type="text/plain", **closing).status == 204
+        got = ""
+        while True:  # the fast reader gets everything while the slow one has read nothing yet
+            kind, data = fast.next_event()
+            if kind == "data":
+                got += data
+            elif json.loads(data).get("streamClosed"):
+                break
+        assert got.encode() == b"".join(appends)
+        raw = b""
+        while piece := slow.recv(1 << 20):
+            raw += piece
+        events = sse_events_of(raw)
+        assert "".join(data for kind, data in events if kind == "data").encode() == b"".join(appends)
+        assert json.loads(events[-1][1]).get("streamClosed") is True
+        assert sum(kind == "data" for kind, _ in events) < len(appends)  # what came meanwhile came together
+    finally:
+        fast.close()
+        slow.close()
+
+
 # ---- workflow streams -------------------------------------------------------------------------------
 
 
@@ -332,6 +387,30 @@ def test_a_workflow_stream_long_poll_is_woken_by_a_write_and_offsets_resume_exac
     assert head.offset == rest.offset and head.headers["stream-closed"] == "true"
 
 
+def test_many_sse_readers_of_a_workflow_stream_each_get_every_value_once_in_order(writer, served):
+    server = served()
+    words = [f"w{n}" for n in range(60)]
+    handle = writer.start("crowd", words)
+    readers = [SSE(server, "/v1/stream/workflows/crowd/words?offset=-1&live=sse") for _ in range(20)]
+    try:
+        for reader in readers:
+            kind, control = reader.next_event()
+            assert kind == "control" and json.loads(control)["upToDate"] is True  # nothing written yet
+        wait_until(lambda: server.live_readers() == 20, timeout=TIMEOUT)
+        for _ in range(30):  # a burst: values come faster than one by one
+            writer.gate.release()
+        late = SSE(server, "/v1/stream/workflows/crowd/words?offset=-1&live=sse")
+        readers.append(late)
+        for _ in range(30):
+            writer.gate.release()
+        assert handle.get_result(timeout=TIMEOUT) == 60
+        for reader in readers:
+            assert reader.data_until_closed() == words
+    finally:
+        for reader in readers:
+            reader.close()
+
+
 def test_a_workflow_stream_refuses_writes_and_an_unknown_workflow_is_404(writer, served):
     server = served()
     writer.start("quiet", ["x"])
@@ -341,6 +420,46 @@ def test_a_workflow_stream_refuses_writes_and_an_unknown_workflow_is_404(writer,
     missing = call(server, "GET", "/v1/stream/workflows/nobody/words")
     assert missing.status == 404 and b"nobody" in missing.body
     writer.gate.release()
+
+
+# ---- the window the live readers of a stream share -------------------------------------------------
+
+
+def test_a_window_gives_a_reader_at_any_offset_in_it_everything_that_follows_as_one_chunk():
+    window = Window(json_mode=True)
+    assert window.chunk("-1") is None  # not started: read storage
+    window.extend(Appends(0, [0], [], False))
+    start = window.chunk("-1")
+    assert start is not None and (start.payload, start.count, start.up_to_date) == (b"", 0, True)
+    window.extend(Appends(0, [0, 1, 3], [b"1", b"[2,3]"], False))
+    window.extend(Appends(2, [3, 4], [b'"x"'], True))
+    everything = window.chunk(format_offset(0, 0))
+    assert everything is window.chunk("-1") and everything is not None  # built once for every reader there
+    assert (everything.payload, everything.count, everything.next_offset) == (b'1,[2,3],"x"', 3, format_offset(3, 4))
+    assert everything.up_to_date and everything.closed
+    rest = window.chunk(format_offset(1, 1))
+    assert rest is not None and (rest.payload, rest.count) == (b'[2,3],"x"', 2)
+    end = window.chunk(format_offset(3, 4))
+    assert end is not None and (end.count, end.up_to_date, end.closed) == (0, True, True)
+    assert window.chunk(format_offset(1, 2)) is None  # not a boundary: storage says what it is
+
+
+def test_a_window_keeps_the_newest_appends_and_begins_again_where_a_follower_restarts():
+    window = Window(json_mode=False)
+    window.extend(Appends(5, [50], [], False))
+    count = WINDOW_APPENDS + 1
+    window.extend(Appends(5, [50 + n for n in range(count + 1)], [b"x"] * count, False))
+    assert window.chunk(format_offset(5, 50)) is None  # dropped: a reader there reads storage
+    newest = window.chunk(format_offset(5 + count - 1, 50 + count - 1))
+    assert newest is not None and (newest.payload, newest.next_offset) == (b"x", format_offset(5 + count, 50 + count))
+    oldest = count - WINDOW_APPENDS // 2  # the newest half is kept
+    kept = window.chunk(format_offset(5 + oldest, 50 + oldest))
+    assert kept is not None and kept.count == MAX_READ_VALUES and not kept.up_to_date  # at most that per event
+    assert window.chunk(format_offset(5 + oldest - 1, 50 + oldest - 1)) is None
+    window.extend(Appends(100, [900, 901], [b"y"], False))  # not where it ended: it starts there
+    assert window.chunk(format_offset(5 + count, 50 + count)) is None
+    restarted = window.chunk(format_offset(100, 900))
+    assert restarted is not None and restarted.payload == b"y"
 
 
 # ---- the token, and errors -------------------------------------------------------------------------

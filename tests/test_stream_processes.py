@@ -31,8 +31,8 @@ def wait_mode(request, monkeypatch):
 
 
 @pytest.fixture
-def db(tmp_path):
-    path = str(tmp_path / "streams.db")
+def db(location):
+    path = location("streams.db")
     litedur.Engine(path).close()  # the file exists before any child or client opens it
     return path
 

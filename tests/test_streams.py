@@ -32,8 +32,8 @@ class Unstorable:
 
 
 @pytest.fixture
-def db(tmp_path):
-    return str(tmp_path / "streams.db")
+def db(location):
+    return location("streams.db")
 
 
 @pytest.fixture
@@ -83,9 +83,9 @@ def test_offsets_are_dense_from_zero_per_workflow_and_key_under_concurrent_write
 
 def test_one_commit_per_value_stays_dense_when_another_connection_appends_or_closes(db):
     """append_one remembers each stream's next offset; a stale one must never leave a gap or pass a close."""
-    from litedur.storage import SQLiteStorage
+    from litedur.storage import open_storage
 
-    first, second = SQLiteStorage(db), SQLiteStorage(db)
+    first, second = open_storage(db), open_storage(db)
     owner = "test-executor"  # a PENDING workflow of this executor, so its writes pass the fence
     try:
         first.create_workflow("w", "holder", (1, '{"args":[],"kwargs":{}}'), owner)

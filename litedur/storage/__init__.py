@@ -6,6 +6,10 @@ backend. Callers open a backend with `open_storage` and never import a backend m
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..errors import DatabaseError
+from .base import Storage
 from .records import (
     ACTIVE_STATUSES,
     ANY_UNOWNED,
@@ -22,6 +26,7 @@ from .records import (
     WRITE_STREAM_STEP,
     EntryRow,
     EventRow,
+    HeldLock,
     HttpAppendResult,
     HttpEntry,
     HttpProducer,
@@ -41,6 +46,28 @@ from .records import (
 )
 from .sqlite import SCHEMA_VERSION, SQLiteStorage
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(location: str) -> bool:
+    """True if ``location`` names a PostgreSQL database rather than a SQLite file."""
+    return location.startswith(POSTGRES_SCHEMES)
+
+
+def open_storage(location: str, *, create: bool = True, durability: str = "normal") -> Any:
+    """The backend for ``location``: a PostgreSQL URL (psycopg 3, the ``postgres`` extra, imported
+    only here) or a SQLite file path."""
+    if is_url(location):
+        try:
+            from .postgres import PostgresStorage
+        except ImportError as exc:
+            raise DatabaseError(
+                f"cannot open {location.split('@')[-1]}: the PostgreSQL backend needs psycopg 3 "
+                f"(pip install 'litedur[postgres]'): {exc}"
+            ) from exc
+        return PostgresStorage(location, create=create, durability=durability)
+    return SQLiteStorage(location, create=create, durability=durability)
+
 __all__ = [
     "ACTIVE_STATUSES",
     "ANY_UNOWNED",
@@ -57,6 +84,7 @@ __all__ = [
     "STREAM_DELETED",
     "WRITE_STREAM_STEP",
     "EntryRow",
+    "HeldLock",
     "EventRow",
     "HttpAppendResult",
     "HttpEntry",
@@ -70,9 +98,12 @@ __all__ = [
     "SQLiteStorage",
     "ScheduleRow",
     "StepRow",
+    "Storage",
     "StreamGroup",
     "StreamRow",
     "WorkflowRow",
     "WorkflowState",
     "http_stream_key",
+    "is_url",
+    "open_storage",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 OPEN, CLOSED_BY_WORKFLOW, CLOSED_BY_TERMINATION = 0, 1, 2
 END_OF_STREAM = -1  # encoding of the entry that closing a stream appends after its last value
@@ -202,3 +202,9 @@ class HttpReadResult(NamedTuple):
     outcome: str
     stream: HttpStreamRow | None
     entries: list[tuple[int, int, int, bytes]]  # (seq, position, size, data)
+
+
+class HeldLock(Protocol):
+    """What a backend's ``executor_lock`` returns: held until released, or until the process dies."""
+
+    def release(self) -> None: ...

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import apsw
 
+from .. import liveness, wakeup
 from ..errors import (
     DatabaseError,
     DuplicateWorkflowError,
@@ -64,7 +65,7 @@ from .records import (
 APPLICATION_ID = 0x4C544452  # "LTDR"
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
-MAX_REMEMBERED_OFFSETS = 4096  # streams whose next offset append_one keeps in memory
+MAX_REMEMBERED_OFFSETS = 4096  # streams whose next offset (and id) the append verbs keep in memory
 
 AUTO_VACUUM_INCREMENTAL = 2
 
@@ -291,6 +292,17 @@ MIGRATIONS: list[str] = [
         last_tick REAL
     );
     """,
+    # version 7: which launched processes (executors) declared each schedule, and when. A schedule that
+    # no live executor declared is stale (`litedur schedules` says so); a stale one can be removed. A
+    # file migrated from version 6 has none: its schedules read as stale until their process launches.
+    """
+    CREATE TABLE schedule_declarations (
+        name TEXT NOT NULL,
+        executor_id TEXT NOT NULL,
+        declared_at REAL NOT NULL,
+        PRIMARY KEY (name, executor_id)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)  # a migration appended to the list is the next version
 
@@ -332,6 +344,7 @@ class SQLiteStorage:
         self._grouped_lock = threading.Lock()
         self._writer_conn: apsw.Connection | None = None
         self._next_offsets: dict[int, int] = {}  # stream_id -> next offset, for append_one
+        self._stream_ids: dict[tuple[str, str], int] = {}  # (workflow_id, key) -> stream_id, for append_stream
         self._closed = False
         is_new = _check_path(self.path, create)
         if is_new:
@@ -526,6 +539,26 @@ class SQLiteStorage:
         self._local = threading.local()
         self._writer_conn = None
 
+    # ---- liveness and wake-up: the file's locks and file events --------------------------------
+
+    @property
+    def location(self) -> str:
+        """What names this database to a user: the file's absolute path."""
+        return self.path
+
+    def executor_lock(self, executor_id: str) -> liveness.ExecutorLock:
+        """Hold "executor ``executor_id`` is alive" until ``.release()`` (an OS file lock: it drops
+        when the process dies, however it dies)."""
+        return liveness.ExecutorLock(self.path, executor_id)
+
+    def executor_alive(self, executor_id: str | None) -> bool:
+        """True while some process holds ``executor_id``'s lock (`executor_lock`)."""
+        return liveness.is_alive(self.path, executor_id)
+
+    def wake_source(self) -> wakeup.FileWakeSource:
+        """How other processes' commits wake this one's waiters: file events (see `litedur.wakeup`)."""
+        return wakeup.FileWakeSource(self.path)
+
     # ---- schema -----------------------------------------------------------------------------
 
     def _prepare_schema(self, conn: apsw.Connection, create: bool = True) -> None:
@@ -678,16 +711,18 @@ class SQLiteStorage:
                     conn.execute(_INSERT_STEP, checkpoint)
             assert existing is not None
             return created, existing
-        try:
-            created = self._commit_one(_INSERT_WORKFLOW, row, f"create workflow {workflow_id!r}") == 1
-        except WorkflowConflictError:
-            self._finish_purges()  # a collection deleted this id and had not finished (or crashed)
-            created = self._commit_one(_INSERT_WORKFLOW, row, f"create workflow {workflow_id!r}") == 1
-        if created:
-            return True, row
-        existing = self.get_workflow(workflow_id)  # rows are never deleted: it is there
-        assert existing is not None
-        return False, existing
+        while True:
+            try:
+                created = self._commit_one(_INSERT_WORKFLOW, row, f"create workflow {workflow_id!r}") == 1
+            except WorkflowConflictError:
+                self._finish_purges()  # a collection deleted this id and had not finished (or crashed)
+                created = self._commit_one(_INSERT_WORKFLOW, row, f"create workflow {workflow_id!r}") == 1
+            if created:
+                return True, row
+            existing = self.get_workflow(workflow_id)
+            if existing is not None:
+                return False, existing
+            # Collected between the insert and the read (it had finished): the id is free again.
 
     def claim_workflow(
         self, workflow_id: str, previous_executor: str | None, executor_id: str, max_recoveries: int
@@ -848,7 +883,15 @@ class SQLiteStorage:
         Offsets stay dense: the next offset is read inside the same write transaction. Raises
         StreamClosedError (writing nothing) if the stream is closed. With ``checkpoint``, that step
         record is inserted in the same transaction (a workflow-body write). Fenced on the run.
+
+        One value (a body write) usually goes in at the offset this process remembers for the stream
+        (see `append_one`), with its checkpoint, in one call: a fenced insert of the entry and, only
+        if it went in, of the step record, in one transaction.
         """
+        if len(values) == 1:
+            offset = self._append_remembered(workflow_id, key, values[0], position, attempt, executor_id, checkpoint)
+            if offset is not None:
+                return offset
         with self._write(f"append to stream {key!r} of {workflow_id!r}") as conn:
             _fence(conn, workflow_id, executor_id)
             stream_id, offset, closed = _open_stream(conn, workflow_id, key)
@@ -857,7 +900,56 @@ class SQLiteStorage:
             _insert_entries(conn, StreamGroup(workflow_id, key, position, attempt, list(values)), stream_id, offset)
             if checkpoint is not None:
                 conn.execute(_INSERT_STEP, checkpoint)
+        self._remember_end(stream_id, offset + len(values), (workflow_id, key))  # (once committed)
         return offset
+
+    def _append_remembered(
+        self,
+        workflow_id: str,
+        key: str,
+        value: tuple[int, Any],
+        position: int,
+        attempt: int,
+        executor_id: str,
+        checkpoint: StepRow | None,
+    ) -> int | None:
+        """Insert one value (and ``checkpoint``) at the remembered end of a stream this process
+        appended to; its offset, or None (nothing written) when the slow path must decide: nothing
+        remembered, a stale offset (refused by the key: another process appended, or the stream was
+        closed), or a refusal of the fence (which also checks that the stream is still the
+        workflow's: a deleted workflow's id may be used again)."""
+        stream_id = self._stream_ids.get((workflow_id, key))
+        offset = -1 if stream_id is None else self._next_offsets.get(stream_id, -1)
+        if offset < 0:
+            return None
+        params = (offset, *value, position, attempt, stream_id, workflow_id, executor_id, *(checkpoint or ()))
+        with self._write_lock:
+            conn = self._writer()
+            try:
+                conn.execute(_APPEND_REMEMBERED if checkpoint is None else _APPEND_CHECKPOINTED, params)
+                appended = conn.changes() == 1  # (of the last insert: the checkpoint's, made only after the entry's)
+            except BaseException as exc:
+                if not conn.get_autocommit():  # (stopped inside _APPEND_CHECKPOINTED's transaction)
+                    conn.execute("ROLLBACK")
+                if not isinstance(exc, apsw.ConstraintError):
+                    if isinstance(exc, apsw.Error):
+                        raise self._database_error(f"append to stream {key!r} of {workflow_id!r}", exc) from exc
+                    raise
+                appended = False
+            if appended:
+                self._next_offsets[stream_id] = offset + 1
+                return offset
+        return None
+
+    def _remember_end(self, stream_id: int, end: int, stream: tuple[str, str] | None = None) -> None:
+        """Remember a stream's next offset (and, for ``stream``, its id) after a commit: a guess that
+        can only be stale by being too low, which the key of stream_entries catches."""
+        if len(self._next_offsets) >= MAX_REMEMBERED_OFFSETS or len(self._stream_ids) >= MAX_REMEMBERED_OFFSETS:
+            self._next_offsets.clear()
+            self._stream_ids.clear()
+        self._next_offsets[stream_id] = end
+        if stream is not None:
+            self._stream_ids[stream] = stream_id
 
     def open_stream(self, workflow_id: str, key: str, executor_id: str) -> tuple[int, bool]:
         """``(stream_id, closed)`` of a stream, creating it (open and empty) if needed; fenced on the run."""
@@ -917,12 +1009,10 @@ class SQLiteStorage:
             if isinstance(exc, apsw.Error):
                 raise self._database_error("append to a stream", exc) from exc
             raise
-        if len(self._next_offsets) >= MAX_REMEMBERED_OFFSETS:
-            self._next_offsets.clear()
         if not appended:
             self._next_offsets.pop(stream_id, None)
             return None
-        self._next_offsets[stream_id] = offset + 1
+        self._remember_end(stream_id, offset + 1)
         return offset
 
     def append_groups(
@@ -1430,9 +1520,16 @@ class SQLiteStorage:
 
     # ---- schedules ----------------------------------------------------------------------------------
 
-    def declare_schedule(self, schedule: ScheduleRow) -> tuple[float, float | None]:
+    def declare_schedule(
+        self, schedule: ScheduleRow, executor_id: str | None = None, forget: Sequence[tuple[str, float]] = ()
+    ) -> tuple[float, float | None]:
         """Record (or update) a schedule's declaration, keeping when it was first declared and its
-        latest claimed tick; returns those two ``(created_at, last_tick)``."""
+        latest claimed tick; returns those two ``(created_at, last_tick)``.
+
+        ``executor_id``: the launched process that declares it, recorded with ``declared_at``.
+        ``forget``: declarations ``(executor_id, declared_at)`` of this schedule by executors found
+        dead, deleted unless that executor declared it again meanwhile.
+        """
         with self._write(f"declare schedule {schedule.name!r}") as conn:
             conn.execute(
                 f"INSERT INTO schedules ({', '.join(ScheduleRow._fields)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -1440,6 +1537,17 @@ class SQLiteStorage:
                 "tz = excluded.tz, catch_up = excluded.catch_up, declared_at = excluded.declared_at",
                 schedule,
             )
+            for dead, declared_at in forget:
+                conn.execute(
+                    "DELETE FROM schedule_declarations WHERE name = ? AND executor_id = ? AND declared_at = ?",
+                    (schedule.name, dead, declared_at),
+                )
+            if executor_id is not None:
+                conn.execute(
+                    "INSERT INTO schedule_declarations (name, executor_id, declared_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name, executor_id) DO UPDATE SET declared_at = excluded.declared_at",
+                    (schedule.name, executor_id, schedule.declared_at),
+                )
             row = conn.execute(
                 "SELECT created_at, last_tick FROM schedules WHERE name = ?", (schedule.name,)
             ).fetchall()[0]
@@ -1469,6 +1577,28 @@ class SQLiteStorage:
         with self._read("list schedules") as conn:
             rows = conn.execute(f"SELECT {', '.join(ScheduleRow._fields)} FROM schedules ORDER BY name").fetchall()
         return [ScheduleRow(*row) for row in rows]
+
+    def schedule_declarations(self, name: str | None = None) -> list[tuple[str, str, float]]:
+        """``(name, executor_id, declared_at)`` of the recorded declarations of schedule ``name`` (of
+        every schedule if None), by name and executor."""
+        with self._read("list schedule declarations") as conn:
+            rows = conn.execute(
+                "SELECT name, executor_id, declared_at FROM schedule_declarations WHERE ?1 IS NULL OR name = ?1 "
+                "ORDER BY name, executor_id",
+                (name,),
+            ).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def remove_schedule(self, name: str, declared_at: float) -> bool:
+        """Delete schedule ``name`` and its declarations, in one transaction, unless it is gone or was
+        declared again since ``declared_at`` (the time its caller read): whether it was removed. Its
+        ticks' workflows stay (ordinary workflows: `garbage_collect` takes them when they are old)."""
+        with self._write(f"remove schedule {name!r}") as conn:
+            conn.execute("DELETE FROM schedules WHERE name = ? AND declared_at = ?", (name, declared_at))
+            if conn.changes() == 0:
+                return False
+            conn.execute("DELETE FROM schedule_declarations WHERE name = ?", (name,))
+        return True
 
     # ---- end of schedules ---------------------------------------------------------------------------
 
@@ -1983,6 +2113,18 @@ _INSERT_ENTRY = (
 _INSERT_ENTRY_WHILE_OWNED = (
     f"INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
     f"SELECT ?, ?, ?, ?, ?, ? {_WHILE_OWNED}"
+)
+# One value at a remembered offset, fenced on the run and on the stream still being the workflow's
+# (a stream id is never reused, but a deleted workflow's id may be); with a checkpoint, its step record
+# in the same transaction, inserted only if the value was (one call: see `append_stream`).
+_APPEND_REMEMBERED = (
+    "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
+    "SELECT s.stream_id, ?, ?, ?, ?, ? FROM streams s WHERE s.stream_id = ? AND s.workflow_id = ? AND EXISTS "
+    "(SELECT 1 FROM workflows w WHERE w.workflow_id = s.workflow_id AND w.status = 'PENDING' AND w.executor_id = ?)"
+)
+_APPEND_CHECKPOINTED = (
+    f"BEGIN IMMEDIATE; {_APPEND_REMEMBERED}; "
+    f"INSERT INTO steps ({_STEP_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1; COMMIT"
 )
 # Changes of a workflow's status, events and messages are numbered by triggers (see the schema).
 _BUMP = "INSERT INTO workflow_changes (workflow_id) VALUES (?)"
