@@ -4,7 +4,7 @@
 HTTP layer is `server.py`). Two kinds of stream live under ``/v1/stream/``:
 
 - **standalone streams** (any other path): created, appended to, closed, forked and deleted over HTTP,
-  stored in the database's ``http_streams`` tables through `SQLiteStorage`'s HTTP-stream verbs, in
+  stored in the database's ``http_streams`` tables through the storage backend's's HTTP-stream verbs, in
   byte mode or JSON mode (``application/json``: each append stores its messages, reads return one
   JSON array);
 - **workflow streams** (``workflows/<workflow id>/<key>``): the durable streams of workflows, read-only,
@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .client import Client
 from .errors import DatabaseError, WorkflowNotFoundError
-from .storage import HttpEntry, HttpProducer, HttpStreamRow, HttpStreamSpec, SQLiteStorage, http_stream_key
+from .storage import HttpEntry, HttpProducer, HttpStreamRow, HttpStreamSpec, Storage, http_stream_key
 from .values import Pickled
 from .wakeup import ChangeFeed, WorkflowSignals
 
@@ -479,7 +479,7 @@ class StandaloneView:
 
     reads_block = False  # one indexed SQLite read: fine in the event loop
 
-    def __init__(self, storage: SQLiteStorage, signals: WorkflowSignals, path: str) -> None:
+    def __init__(self, storage: Storage, signals: WorkflowSignals, path: str) -> None:
         self._storage = storage
         self._signals = signals
         self.path = path
@@ -790,7 +790,7 @@ class StreamService:
     """Answers Durable Streams requests for one database file."""
 
     def __init__(
-        self, storage: SQLiteStorage, client: Client, feed: ChangeFeed, signals: WorkflowSignals, options: ReadOptions
+        self, storage: Storage, client: Client, feed: ChangeFeed, signals: WorkflowSignals, options: ReadOptions
     ) -> None:
         self.storage = storage
         self.client = client

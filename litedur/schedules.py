@@ -8,7 +8,7 @@ in a time zone (stdlib ``zoneinfo``), through clock changes.
 Each launched engine with schedules records them in the file (for ``litedur schedules``), with its
 executor id, and runs one `Scheduler` thread. It sleeps until the earliest next tick (an Event with
 a timeout, set early by a new schedule or by shutdown) and then claims the tick with
-`SQLiteStorage.claim_tick`: one transaction that advances the schedule's last tick only if it is
+`Storage.claim_tick`: one transaction that advances the schedule's last tick only if it is
 older and creates the tick's workflow (id ``sched-<name>-<tick in UTC>``), owned by this process. So
 two processes that wake at the same tick cannot both claim it, an older tick never runs after a
 newer one, and a claimed tick is an ordinary durable workflow, recovered by another process if its
@@ -53,7 +53,7 @@ from .storage import ScheduleRow, WorkflowRow
 
 if TYPE_CHECKING:
     from .engine import Engine, _WorkflowSpec
-    from .storage import SQLiteStorage
+    from .storage import Storage
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -407,7 +407,7 @@ def tick_workflow_id(name: str, tick: float) -> str:
     return f"sched-{name}-{moment:%Y-%m-%dT%H:%M:%S}Z"
 
 
-def list_schedules(storage: SQLiteStorage) -> list[ScheduleInfo]:
+def list_schedules(storage: Storage) -> list[ScheduleInfo]:
     """Every schedule recorded in the file, with its next tick (after now and its last tick) and the
     live executors that declared it, by name."""
     found = []
@@ -428,7 +428,7 @@ def list_schedules(storage: SQLiteStorage) -> list[ScheduleInfo]:
     return found
 
 
-def _live_declarers(storage: SQLiteStorage, name: str | None = None) -> dict[str, list[str]]:
+def _live_declarers(storage: Storage, name: str | None = None) -> dict[str, list[str]]:
     """The live executors that declared each schedule (of ``name`` only, if given)."""
     alive: dict[str, bool] = {}
     live: dict[str, list[str]] = {}
@@ -440,7 +440,7 @@ def _live_declarers(storage: SQLiteStorage, name: str | None = None) -> dict[str
     return live
 
 
-def remove_schedule(storage: SQLiteStorage, name: str) -> None:
+def remove_schedule(storage: Storage, name: str) -> None:
     """Delete the stale schedule ``name`` from the file (its ticks' workflows stay). Refused with
     `LitedurError` while a live process declared it (it would go on running it); unknown name:
     `ScheduleNotFoundError`."""

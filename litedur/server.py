@@ -53,7 +53,7 @@ from .http_streams import (
     Window,
     error_response,
 )
-from .storage import SQLiteStorage
+from .storage import open_storage
 from .wakeup import WorkflowSignals, feed_for
 
 logger = logging.getLogger("litedur.server")
@@ -117,8 +117,9 @@ class Server:
                 raise ValueError(f"{name} must be a number of seconds > 0, not {value!r}")
         self._socket = _listen(family, address)  # first: a port in use creates no database file
         try:
-            self._storage = SQLiteStorage(path if path is not None else _default_path(), create=create)
-            self._client = Client(self._storage.path, unpickle=False)
+            location = os.fspath(path) if path is not None else _default_path()
+            self._storage = open_storage(location, create=create)
+            self._client = Client(location, unpickle=False)
             self._feed = feed_for(self._storage)
             self._signals = WorkflowSignals(self._feed, self._storage.changes_since)
             options = ReadOptions(long_poll_timeout, sse_lifetime, private=token is not None)
@@ -146,8 +147,8 @@ class Server:
 
     @property
     def path(self) -> str:
-        """Absolute path of the database file served."""
-        return self._storage.path
+        """The database served: the file's absolute path (a PostgreSQL URL, password masked)."""
+        return self._storage.location
 
     def live_readers(self) -> int:
         """How many live reads (long-poll, SSE) are following a stream now."""

@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import DatabaseError, WorkflowNotFoundError
 from .runner import refuse_on_loop
-from .storage import SQLiteStorage, StreamGroup
+from .storage import Storage, StreamGroup
 from .values import JSON, TEXT, Codec
 from .wakeup import IDLE_EXIT, ChangeFeed, Waiter
 
@@ -439,7 +439,7 @@ class StreamTails:
     """A client's stream tails, by (workflow id, key), and the keeper: a thread that reads for async
     readers while no reader thread leads their tail (one for all tails; it stops when idle)."""
 
-    def __init__(self, storage: SQLiteStorage, codec: Codec, unpickle: bool, feed: ChangeFeed, wait: str) -> None:
+    def __init__(self, storage: Storage, codec: Codec, unpickle: bool, feed: ChangeFeed, wait: str) -> None:
         self.storage, self.codec, self.unpickle, self.feed, self.wait = storage, codec, unpickle, feed, wait
         self._lock = threading.RLock()  # (a reader's __del__ may release it in a thread that holds it)
         self._tails: dict[tuple[str, str], StreamTail] = {}
@@ -775,7 +775,7 @@ class AsyncStreamReader(AsyncIterator[Any]):
 class StreamWriter:
     """Commits stream values in groups from one background thread (started on first use)."""
 
-    def __init__(self, storage: SQLiteStorage, feed: ChangeFeed, executor_id: str) -> None:
+    def __init__(self, storage: Storage, feed: ChangeFeed, executor_id: str) -> None:
         self._storage = storage
         self._feed = feed
         self._executor_id = executor_id  # every write is fenced on the run still being this executor's

@@ -118,7 +118,7 @@ class SSE:
 
 
 @pytest.fixture
-def served(tmp_path, monkeypatch):
+def served(location, monkeypatch):
     """Start servers on a file of this test (``served(**options)``); all are closed at the end."""
     monkeypatch.delenv("LITEDUR_TOKEN", raising=False)  # a token of the environment would guard them
     started: list[litedur.Server] = []
@@ -126,7 +126,7 @@ def served(tmp_path, monkeypatch):
     def start(path: Path | None = None, **options: Any) -> litedur.Server:
         options.setdefault("port", 0)
         options.setdefault("create", True)
-        server = litedur.Server(path or tmp_path / "streams.db", **options).start()
+        server = litedur.Server(path or location("streams.db"), **options).start()
         started.append(server)
         return server
 
@@ -335,8 +335,8 @@ class Writer:
 
 
 @pytest.fixture
-def writer(engines, tmp_path) -> Writer:
-    app = engines(tmp_path / "streams.db")
+def writer(engines, location) -> Writer:
+    app = engines(location("streams.db"))
     gate = threading.Semaphore(0)
 
     @app.workflow()

@@ -54,7 +54,7 @@ def is_url(location: str) -> bool:
     return location.startswith(POSTGRES_SCHEMES)
 
 
-def open_storage(location: str, *, create: bool = True, durability: str = "normal") -> Any:
+def open_storage(location: str, *, create: bool = True, durability: str = "normal") -> Storage:
     """The backend for ``location``: a PostgreSQL URL (psycopg 3, the ``postgres`` extra, imported
     only here) or a SQLite file path."""
     if is_url(location):
