@@ -6,8 +6,6 @@ backend. Callers open a backend with `open_storage` and never import a backend m
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import DatabaseError
 from .base import Storage
 from .records import (
