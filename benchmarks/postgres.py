@@ -476,6 +476,24 @@ class Places:
         self.databases.append(database)
         return database_url(self.url, database)
 
+    def database_refusal(self) -> str:
+        """Why this role cannot make the databases DBOS runs in, or ``""``."""
+        import psycopg
+
+        try:
+            self.drop_database(self.database("probe"))
+        except psycopg.Error as exc:
+            return f"cannot create a database on the server for DBOS: {exc}".strip()
+        return ""
+
+    def drop_database(self, url: str) -> None:
+        import psycopg
+
+        database = urlsplit(url).path.lstrip("/")
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        self.databases.remove(database)
+
     def drop(self) -> None:
         import psycopg
 
@@ -851,6 +869,9 @@ def main(argv: list[str]) -> int:
     try:
         described = server_description(url)
         ours = Litedur(run, places, sizes, args.durability)
+        if python:
+            no_dbos = places.database_refusal()
+            python = None if no_dbos else python
         theirs = Dbos(python, places, sizes) if python else None
         for number in range(1, args.repeat + 1):
             print(f"[round {number}/{args.repeat}] {', '.join(args.workloads)} ...", file=sys.stderr, flush=True)

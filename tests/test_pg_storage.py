@@ -7,6 +7,7 @@ can be started (no binaries and no ``LITEDUR_TEST_PG``).
 from __future__ import annotations
 
 import json
+import logging
 import select
 import signal
 import subprocess
@@ -392,6 +393,27 @@ def test_executor_lock_drops_when_its_process_is_killed(storage: PostgresStorage
     record_property("executor_lock_release_seconds", seconds)
     print(f"executor lock gone {seconds * 1000:.1f} ms after SIGKILL")
     storage.executor_lock("doomed").release()  # and the id is free again
+
+
+def test_an_executor_whose_session_is_cut_takes_its_lock_again(storage: PostgresStorage, caplog) -> None:
+    """A lock session ended by the server (as by a restart) while its process lives is taken again at
+    once, with a WARNING; the executor stays alive for others but for that moment."""
+    lock = storage.executor_lock("cut")
+    [(pid,)] = storage._query(
+        "find the lock's session",
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() "
+        "AND classid::bigint = %s AND objid::bigint = %s",
+        ((lock._key >> 32) & 0xFFFFFFFF, lock._key & 0xFFFFFFFF),
+    )
+    with caplog.at_level(logging.WARNING, logger="litedur"):
+        storage._query("cut the session", "SELECT pg_terminate_backend(%s)", (pid,))
+        wait_until(lambda: lock.retaken == 1, timeout=10)
+        assert storage.executor_alive("cut")
+    assert "executor cut lost its database session" in caplog.text
+    with pytest.raises(ExecutorError, match="cut"):
+        storage.executor_lock("cut")
+    lock.release()
+    assert not storage.executor_alive("cut")
 
 
 # ---- events, messages, waits -------------------------------------------------------------------------

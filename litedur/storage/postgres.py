@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import select
@@ -102,6 +103,8 @@ DEFAULT_SCHEMA = "litedur"
 LOCK_CLASS = 0x4C544452  # "LTDR": the first key of litedur's two-key advisory locks
 LOCK_TIMEOUT_MS = 30_000  # like SQLite's busy timeout: a lock held longer is a DatabaseError
 MAX_RETRIES = 20  # a verb chosen as a deadlock victim runs again, up to this many times
+log = logging.getLogger("litedur")
+RELOCK_INTERVAL = 0.5  # how often a lost executor lock is tried again while the server is away
 LISTEN_SLICE = 1.0  # how often a listener thread checks whether any watch is left
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TEXT_ENCODINGS = (0, 1)  # litedur.values TEXT and JSON: str values, stored as UTF-8 bytes
@@ -817,7 +820,11 @@ class PostgresStorage:
             raise ExecutorError(f"executor id {executor_id!r} is in use by another live process ({self._location})")
         with self._connections_lock, contextlib.suppress(ValueError):  # its holder closes it, not close()
             self._connections.remove(conn)
-        return ExecutorLock(conn, executor_id)
+        return ExecutorLock(conn, executor_id, key, self._lock_session)
+
+    def _lock_session(self) -> psycopg.Connection:
+        """A connection of its own for an executor lock taken again (see `ExecutorLock`)."""
+        return psycopg.connect(self._conninfo, autocommit=True, **self._options())
 
     def executor_alive(self, executor_id: str | None) -> bool:
         """True while some session holds ``executor_id``'s advisory lock (as the server's pg_locks
@@ -2601,13 +2608,28 @@ _HELD: set[ExecutorLock] = set()
 
 
 class ExecutorLock:
-    """ "Executor ``executor_id`` is alive": a session-level advisory lock on a connection of its own."""
+    """ "Executor ``executor_id`` is alive": a session-level advisory lock on a connection of its own.
 
-    def __init__(self, conn: psycopg.Connection, executor_id: str) -> None:
+    A keeper thread sleeps on the session's socket. If the session is lost while the process lives
+    (the server restarted, a network cut, ``pg_terminate_backend``), the lock went with it and other
+    processes may already be adopting this executor's work: the keeper takes the lock again on a new
+    session at once, retrying every `RELOCK_INTERVAL` seconds, and logs a WARNING. Work adopted
+    meanwhile is fenced away from this process's runs (their writes raise StaleRunError).
+    """
+
+    def __init__(
+        self, conn: psycopg.Connection, executor_id: str, key: int, connect: Callable[[], psycopg.Connection]
+    ) -> None:
         self.executor_id = executor_id
         self._conn: psycopg.Connection | None = conn
+        self._key = key
+        self._connect = connect
         self._pid = os.getpid()
+        self._stop_read, self._stop_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.retaken = 0  # how many times the keeper took the lock again
         _HELD.add(self)  # like a file lock, held until released even if its holder drops the object
+        self._keeper = threading.Thread(target=self._keep, name=f"litedur-lock-{executor_id}", daemon=True)
+        self._keeper.start()
 
     def release(self) -> None:
         """End the session that holds the lock; after this the executor counts as dead."""
@@ -2618,10 +2640,74 @@ class ExecutorLock:
         if os.getpid() != self._pid:
             _ORPHANED.append(conn)
             return
+        with contextlib.suppress(OSError):
+            os.write(self._stop_write, b"\0")
+        if self._keeper is not threading.current_thread():
+            self._keeper.join()
+        for fd in (self._stop_read, self._stop_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(psycopg.Error):
             conn.execute("SELECT pg_advisory_unlock_all()")  # at once: a closed session goes a moment later
         with contextlib.suppress(psycopg.Error):
             conn.close()
+
+    def _keep(self) -> None:
+        while True:
+            conn = self._conn
+            if conn is None:
+                return
+            poller = select.poll()
+            poller.register(self._stop_read, select.POLLIN)
+            try:
+                poller.register(conn.pgconn.socket, select.POLLIN)
+            except psycopg.Error:
+                pass  # already broken: take it again below
+            else:
+                ready = dict(poller.poll())
+                if self._stop_read in ready or self._conn is None:
+                    return
+                if _session_alive(conn):
+                    continue
+            self._take_again()
+
+    def _take_again(self) -> None:
+        log.warning("executor %s lost its database session, and with it its lock: taking it again", self.executor_id)
+        while self._conn is not None:
+            try:
+                conn = self._connect()
+                held = conn.execute("SELECT pg_try_advisory_lock(%s::bigint)", (self._key,)).fetchone()
+            except psycopg.Error:
+                if _stopped(self._stop_read, RELOCK_INTERVAL):
+                    return
+                continue
+            if held and held[0]:
+                old, self._conn = self._conn, conn
+                with contextlib.suppress(psycopg.Error):
+                    old.close()
+                self.retaken += 1
+                log.warning("executor %s holds its lock again", self.executor_id)
+                return
+            conn.close()  # another process registered this id meanwhile: nothing of ours to keep alive
+            log.error("executor %s: its id is now held by another process; its lock is not taken again",
+                      self.executor_id)
+            return
+
+
+def _session_alive(conn: psycopg.Connection) -> bool:
+    """After its socket became readable: False if the session ended (what the server said is consumed)."""
+    try:
+        conn.pgconn.consume_input()
+        while conn.pgconn.notifies() is not None:
+            pass
+    except psycopg.Error:
+        return False
+    return conn.pgconn.status == psycopg.pq.ConnStatus.OK
+
+
+def _stopped(stop_fd: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the stop signal: True if it came."""
+    return bool(select.select([stop_fd], [], [], timeout)[0])
 
 
 # ---- wake-up: one LISTEN connection per process and database, fanned out to watches -------------
