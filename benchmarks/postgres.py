@@ -19,7 +19,7 @@ Workloads (ids for ``--only``; RAW always runs, the ratios need it):
        connection and parses each stamp.
 - W1   one step writes five-byte strings to a stream: values/s with grouped commits (litedur's default) and
        one commit per value (``group_writes=False``). DBOS: ``DBOS.write_stream`` in a step (one
-       transaction per value: it has no other mode), shown on both rows.
+       transaction per value: it has no other mode), as many values as the second row, shown on both.
 - W2   cross-process write -> read latency at 500 values/s (p50/p99/max, reader CPU per 1,000 values): a
        step of a writer process writes ``time.monotonic_ns()``; another process reads. litedur:
        ``Client(url).read_stream``; DBOS: ``DBOSClient(use_listen_notify=True).read_stream`` (DBOS at its
@@ -403,10 +403,7 @@ def child(python: str, role: str, *args: object) -> Iterator[subprocess.Popen[st
 
 
 def expect_line(process: subprocess.Popen[str], prefix: str) -> str:
-    line = process.stdout.readline() if process.stdout else ""
-    if not line.startswith(prefix):
-        raise RuntimeError(f"child {process.args[3]} said {line!r}, expected {prefix!r} (exit code {process.poll()})")
-    return line[len(prefix) :].strip()
+    return bench_run().expect_line(process, prefix)
 
 
 def send(process: subprocess.Popen[str], line: str) -> None:
@@ -437,6 +434,12 @@ def load_by_path(name: str, path: Path) -> Any:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def bench_run() -> Any:
+    """benchmarks/run.py, loaded once: litedur's workloads and the helpers both suites share (only in
+    the parent process: it imports litedur, which a DBOS interpreter lacks)."""
+    return sys.modules.get("litedur_bench_run") or load_by_path("litedur_bench_run", HERE.parent / "run.py")
 
 
 @dataclass
@@ -610,18 +613,7 @@ class Row:
 
 
 def fmt(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    size = abs(value)
-    if size >= 1000:
-        return f"{value:,.0f}"
-    if size >= 100:
-        return f"{value:.0f}"
-    if size >= 10:
-        return f"{value:.1f}"
-    if size >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
+    return bench_run().fmt(value)
 
 
 def fmt_ratio(ratio: float | None) -> str:
@@ -818,11 +810,8 @@ def server_description(url: str) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="litedur on PostgreSQL beside raw psycopg and DBOS (issue 14)")
-    parser.add_argument("--quick", action="store_true", help="one round at tiny sizes: checks the suite runs")
-    parser.add_argument("--only", default="", help=f"comma-separated workloads among {','.join(WORKLOADS)}")
-    parser.add_argument("--repeat", type=int, default=None, help="rounds (default 3, --quick 1)")
-    parser.add_argument("--durability", choices=("normal", "full"), default="normal")
+    run = bench_run()
+    parser = run.suite_parser("litedur on PostgreSQL beside raw psycopg and DBOS (issue 14)", WORKLOADS)
     parser.add_argument("--url", default=None, help="an existing server's postgresql:// URL (else a throwaway one)")
     parser.add_argument("--no-dbos", action="store_true", help="leave the DBOS column out")
     parser.add_argument(
@@ -830,17 +819,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=os.path.join(tempfile.gettempdir(), "litedur-bench-dbos-venv"),
         help="the virtual environment DBOS runs in (created with `pip install dbos` if missing)",
     )
-    args = parser.parse_args(argv)
-    chosen = [name.strip().upper() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(chosen) - set(WORKLOADS))
-    if unknown:
-        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose among {', '.join(WORKLOADS)}")
-    args.workloads = [w for w in WORKLOADS if w == "RAW" or not chosen or w in chosen]
-    if args.repeat is None:
-        args.repeat = 1 if args.quick else 3
-    if args.repeat < 1:
-        parser.error("--repeat must be >= 1")
-    return args
+    return run.parse_suite_args(parser, argv, WORKLOADS)
 
 
 def main(argv: list[str]) -> int:
@@ -850,7 +829,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     command = "python benchmarks/postgres.py " + " ".join(argv)
     os.environ.pop("LITEDUR_WAIT", None)
-    run = load_by_path("litedur_bench_run", HERE.parent / "run.py")
+    run = bench_run()
     server = None
     url = args.url
     if url is None:

@@ -72,7 +72,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1393,24 +1393,35 @@ def revision() -> str:
     return f"{rev}{' + local changes to litedur/' if dirty else ''}"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="litedur benchmark suite (issue 6)")
+def suite_parser(description: str, workloads: Sequence[str]) -> argparse.ArgumentParser:
+    """The options every benchmark suite takes (--quick, --only, --repeat, --durability)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="one round at tiny sizes: checks the suite runs")
-    parser.add_argument("--only", default="", help=f"comma-separated workloads among {','.join(WORKLOADS)}")
+    parser.add_argument("--only", default="", help=f"comma-separated workloads among {','.join(workloads)}")
     parser.add_argument("--repeat", type=int, default=None, help="rounds (default 3, --quick 1)")
     parser.add_argument("--durability", choices=("normal", "full"), default="normal")
-    parser.add_argument("--dir", default=None, help="where to create the databases (default: a temporary dir)")
+    return parser
+
+
+def parse_suite_args(parser: argparse.ArgumentParser, argv: list[str], workloads: Sequence[str]) -> argparse.Namespace:
+    """Parse a suite's command line: ``args.workloads`` the chosen ones (RAW always), ``args.repeat`` set."""
     args = parser.parse_args(argv)
     chosen = [name.strip().upper() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(chosen) - set(WORKLOADS))
+    unknown = sorted(set(chosen) - set(workloads))
     if unknown:
-        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose among {', '.join(WORKLOADS)}")
-    args.workloads = [w for w in WORKLOADS if w == "RAW" or not chosen or w in chosen]
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose among {', '.join(workloads)}")
+    args.workloads = [w for w in workloads if w == "RAW" or not chosen or w in chosen]
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
     return args
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = suite_parser("litedur benchmark suite (issue 6)", WORKLOADS)
+    parser.add_argument("--dir", default=None, help="where to create the databases (default: a temporary dir)")
+    return parse_suite_args(parser, argv, WORKLOADS)
 
 
 def main(argv: list[str]) -> int:

@@ -115,8 +115,8 @@ class Codec:
         description = _json_encoder.encode(
             {
                 "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                "message": str(exc),
-                "traceback": _format_traceback(exc),
+                "message": _storable_text(str(exc)),
+                "traceback": _storable_text(_format_traceback(exc)),
             }
         )
         try:
@@ -200,3 +200,9 @@ def _format_traceback(exc: BaseException) -> str:
     import traceback  # only when an error is recorded: a slow import for a rare path
 
     return "".join(traceback.format_exception(exc))[-4000:]
+
+
+def _storable_text(text: str) -> str:
+    """``text`` with any lone surrogate (a file name that was not UTF-8, say) written as ``\\udcff``:
+    a database stores only valid UTF-8, and an error must be recorded whatever its message holds."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

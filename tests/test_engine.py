@@ -551,6 +551,26 @@ def test_a_recorded_step_error_is_raised_again_on_replay(db, log, engines, kind,
     assert isinstance(step.error, Exception)
 
 
+def test_an_error_whose_message_is_not_valid_unicode_is_still_recorded(db, engines):
+    """A file name that was not UTF-8 leaves a lone surrogate in an OSError's message: the error is
+    recorded all the same (the surrogate escaped in its description), not left PENDING."""
+    app = engines(db)
+
+    @app.step(max_attempts=1)
+    def open_it() -> None:
+        raise FileNotFoundError("no file b\udcff.txt")
+
+    @app.workflow()
+    def reads() -> None:
+        open_it()
+
+    app.launch()
+    with litedur.SetWorkflowID("surrogate"), pytest.raises(FileNotFoundError):
+        app.start_workflow(reads).get_result(timeout=10)
+    with litedur.Client(db) as client:
+        assert client.get_status("surrogate").status == "ERROR"
+
+
 def test_a_workflow_error_keeps_its_type_or_falls_back_to_recorded_error(db, engines):
     app = engines(db)
 

@@ -518,6 +518,70 @@ def test_priority_delay_requeue(storage: PostgresStorage) -> None:
     assert storage.get_workflow("high").recovery_attempts == 1
 
 
+def test_a_row_share_locked_for_a_moment_keeps_its_turn_in_the_queue(storage: PostgresStorage, pg_url: str) -> None:
+    """A send holds its target's row FOR SHARE for a moment: a dequeue waits for it rather than
+    taking a later, lower-priority workflow first."""
+    queue = QueueRow("turn", None, None, None, None, 1, time.time())
+    storage.declare_queue(queue)
+    storage.enqueue_workflow(enqueued("high", "turn")._replace(priority=1))
+    storage.enqueue_workflow(enqueued("low", "turn")._replace(priority=9))
+    conninfo, schema = split_url(pg_url)
+    with psycopg.connect(conninfo, options=f"-c search_path={schema}") as holder:
+        holder.execute("SELECT status FROM workflows WHERE workflow_id = 'high' FOR SHARE")
+        taken: list[list[str]] = []
+        dequeuer = threading.Thread(target=lambda: taken.append(
+            [row.workflow_id for row in storage.dequeue(queue, "e", ["job"], 1)[0]]))  # fmt: skip
+        dequeuer.start()
+        wait_until(lambda: _waiting_on_a_lock(holder), timeout=10)
+        holder.rollback()
+    dequeuer.join(timeout=10)
+    assert taken == [["high"]]
+
+
+def _waiting_on_a_lock(conn: psycopg.Connection) -> bool:
+    return bool(conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0])
+
+
+def test_a_session_the_server_ended_while_idle_is_replaced_before_the_next_verb(
+    storage: PostgresStorage, pg_url: str
+) -> None:
+    start(storage, "idle")
+    [(backend,)] = storage._query("find this thread's session", "SELECT pg_backend_pid()")
+    with psycopg.connect(split_url(pg_url)[0], autocommit=True) as other:  # as a restart would
+        other.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        wait_until(lambda: not other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchall())
+    storage.record_step(step("idle", 0), EXECUTOR)  # no error: a new session took over
+    assert [row.position for row in storage.list_steps("idle")] == [0]
+
+
+def test_a_threads_session_ends_with_the_thread(storage: PostgresStorage) -> None:
+    def sessions() -> int:
+        return storage._query("count sessions", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                              "'client backend' AND datname = current_database()")[0][0]  # fmt: skip
+
+    before = sessions()
+    threads = [threading.Thread(target=storage.list_workflows) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wait_until(lambda: sessions() <= before + 2, timeout=10)
+
+
+def test_a_nul_in_a_key_fails_that_group_alone_and_big_integers_fit(storage: PostgresStorage) -> None:
+    start(storage, "good")
+    failures, placed = storage.append_groups(
+        [StreamGroup("good", "tokens", 0, 1, [(1, "1")]), StreamGroup("good\0", "k", 0, 1, [(1, "2")])], EXECUTOR
+    )
+    assert list(failures) == ["good\0"] and "NUL" in str(failures["good\0"]) and len(placed) == 1
+    with pytest.raises(ValueError, match="NUL"):
+        storage.create_workflow("id\0nul", "wf", (1, "[]"), EXECUTOR)
+    queue = QueueRow("big", 2**40, 2**40, None, None, 1, time.time())
+    storage.declare_queue(queue)
+    storage.enqueue_workflow(enqueued("far", "big")._replace(priority=2**40))
+    assert storage.get_workflow("far").priority == 2**40
+
+
 # ---- management ----------------------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ the client process never loses a committed transaction; neither setting risks th
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -45,8 +46,9 @@ import re
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -55,14 +57,43 @@ from psycopg import sql
 
 from ..errors import (
     DatabaseError,
-    DuplicateWorkflowError,
     ExecutorError,
     StaleRunError,
-    StreamClosedError,
     WorkflowCancelledError,
     WorkflowConflictError,
     WorkflowNotFoundError,
-    WorkflowStatusError,
+)
+from .common import (
+    HttpForkPoint,
+    appended_http_row,
+    appended_result,
+    check_can_receive,
+    check_durability,
+    check_resumable,
+    check_same_name,
+    claimed_status,
+    collection_cutoff,
+    deduplication_taken_error,
+    dequeued_deadline,
+    duplicate_in_queue_error,
+    ends_before_offset,
+    existing_http_outcome,
+    final_values,
+    fork_exists_error,
+    forked_spec,
+    http_absent,
+    http_append_refused,
+    http_fork_point,
+    http_read_result,
+    http_stream_missing,
+    id_being_removed_error,
+    new_http_stream_params,
+    newer_schema_error,
+    queue_overview,
+    run_refusal,
+    stream_closed_error,
+    stream_end,
+    without_end_mark,
 )
 from .records import (
     ACTIVE_STATUSES,
@@ -73,7 +104,6 @@ from .records import (
     CLOSED_BY_WORKFLOW,
     END_OF_STREAM,
     OPEN,
-    RESUMABLE_STATUSES,
     SET_EVENT_STEP,
     STREAM_DELETED,
     EntryRow,
@@ -93,7 +123,10 @@ from .records import (
     StreamRow,
     WorkflowRow,
     WorkflowState,
+    cascade_reason,
+    forked_workflow_row,
     http_stream_key,
+    new_workflow_row,
 )
 
 T = TypeVar("T")
@@ -104,6 +137,8 @@ LOCK_CLASS = 0x4C544452  # "LTDR": the first key of litedur's two-key advisory l
 LOCK_TIMEOUT_MS = 30_000  # like SQLite's busy timeout: a lock held longer is a DatabaseError
 MAX_RETRIES = 20  # a verb chosen as a deadlock victim runs again, up to this many times
 log = logging.getLogger("litedur")
+LOCK_KEEPALIVE_IDLE, LOCK_KEEPALIVE_INTERVAL, LOCK_KEEPALIVE_COUNT = 5, 2, 3  # seconds, seconds, probes
+LOCK_KEEPALIVE_SECONDS = 12  # a silent host loses its executor locks after about this long
 RELOCK_INTERVAL = 0.5  # how often a lost executor lock is tried again while the server is away
 LISTEN_SLICE = 1.0  # how often a listener thread checks whether any watch is left
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -137,7 +172,7 @@ MIGRATIONS: list[str] = [
         deadline DOUBLE PRECISION,
         cancel_reason TEXT,
         queue_name TEXT,
-        priority INTEGER,
+        priority BIGINT,
         deduplication_id TEXT,
         available_at DOUBLE PRECISION,
         inserted BIGINT GENERATED ALWAYS AS IDENTITY
@@ -222,9 +257,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE @S.queues (
         name TEXT PRIMARY KEY,
-        concurrency INTEGER,
-        worker_concurrency INTEGER,
-        rate_limit INTEGER,
+        concurrency BIGINT,
+        worker_concurrency BIGINT,
+        rate_limit BIGINT,
         rate_period DOUBLE PRECISION,
         priority_enabled INTEGER NOT NULL,
         declared_at DOUBLE PRECISION NOT NULL
@@ -320,7 +355,7 @@ MIGRATIONS: list[str] = [
         IF EXISTS (SELECT 1 FROM @S.purging WHERE workflow_id = NEW.workflow_id) THEN
             RAISE EXCEPTION 'litedur: @BEING_REMOVED';
         END IF;
-        RETURN NEW;
+        RETURN NULL;
     END $$;
     -- Deferred: they number at commit, after every row lock of the transaction is held.
     CREATE CONSTRAINT TRIGGER workflow_status_changed AFTER UPDATE OF status ON @S.workflows
@@ -335,7 +370,9 @@ MIGRATIONS: list[str] = [
         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION @S.workflow_changed();
     CREATE CONSTRAINT TRIGGER workflow_message_sent AFTER INSERT ON @S.messages
         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION @S.workflow_changed();
-    CREATE TRIGGER workflow_id_being_deleted BEFORE INSERT ON @S.workflows
+    -- After the insert: it has waited on the unique index for a deletion of that id to commit, and
+    -- this check's fresh snapshot sees the id that deletion put in purging.
+    CREATE TRIGGER workflow_id_being_deleted AFTER INSERT ON @S.workflows
         FOR EACH ROW EXECUTE FUNCTION @S.refuse_id_being_removed();
     -- The verbs of the hot path as one statement each (see PostgresStorage._call). In these functions
     -- each statement takes a new snapshot, so a read after a lock sees every commit before the lock.
@@ -565,6 +602,37 @@ def _key32(*parts: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+class _Session:
+    """One thread's connection to the database and its server process id."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.backend: int = conn.info.backend_pid
+
+
+def _idle_session_usable(conn: psycopg.Connection) -> bool:
+    """False if the server said something to an idle session: that is its goodbye (a restart,
+    ``pg_terminate_backend``, a timeout), or at worst a notice; either way a new session is safer
+    than a verb that would fail once for nothing (libpq leaves the goodbye unread until then)."""
+    try:
+        return not select.select([conn.pgconn.socket], [], [], 0)[0]  # one system call, usually
+    except (psycopg.Error, OSError, ValueError):
+        return False
+
+
+def _end_session(storage_ref: Any, conn: psycopg.Connection, backend: int, pid: int) -> None:
+    """Close a thread's session when its thread has ended (never a forked parent's)."""
+    if os.getpid() != pid:
+        return
+    storage = storage_ref()
+    if storage is not None:
+        with storage._connections_lock, contextlib.suppress(ValueError):
+            storage._connections.remove(conn)
+        storage._forget_backend(backend)
+    with contextlib.suppress(psycopg.Error):
+        conn.close()
+
+
 # ---- transactions -------------------------------------------------------------------------------
 
 
@@ -602,8 +670,7 @@ class PostgresStorage:
     """A litedur database in one schema of a PostgreSQL database; one connection per thread."""
 
     def __init__(self, url: str, *, create: bool = True, durability: str = "normal") -> None:
-        if durability not in ("normal", "full"):
-            raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
+        check_durability(durability)
         self.durability = durability
         self._location = mask_url(url)
         self._conninfo, self.schema = split_url(url)
@@ -683,15 +750,16 @@ class PostgresStorage:
             _ORPHANED.extend(self._connections)
             self._connections, self._local, self._pid = [], threading.local(), os.getpid()
             self._backends = set()
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.broken:
-            if conn is not None:
-                self._forget_backend(self._local.backend)
-            conn = self._local.conn = self._connect()
-            self._local.backend = conn.info.backend_pid
-            self._backends.add(self._local.backend)
-            self._process_backends().add(self._local.backend)
-        return conn
+        session = getattr(self._local, "session", None)
+        if session is None or session.conn.closed or session.conn.broken or not _idle_session_usable(session.conn):
+            if session is not None:
+                self._forget_backend(session.backend)
+            session = self._local.session = _Session(self._connect())
+            self._backends.add(session.backend)
+            self._process_backends().add(session.backend)
+            # The thread's session ends with the thread (its thread-local goes), not with this object.
+            weakref.finalize(session, _end_session, weakref.ref(self), session.conn, session.backend, os.getpid())
+        return session.conn
 
     def _forget_backend(self, backend: int) -> None:
         self._backends.discard(backend)
@@ -747,18 +815,30 @@ class PostgresStorage:
 
     def _read(self, what: str, body: Callable[[_Tx], T]) -> T:
         """Run ``body``'s reads in one snapshot (a read-only REPEATABLE READ transaction)."""
-        with self._translate_errors(what):
-            conn = self._connection()
+        def snapshot(conn: psycopg.Connection) -> T:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 return body(_Tx(conn))
             finally:
                 _rollback(conn)
 
+        return self._reading(what, snapshot)
+
     def _query(self, what: str, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """One read statement on its own (its own snapshot)."""
+        return self._reading(what, lambda conn: conn.execute(query, params).fetchall())  # type: ignore[arg-type]
+
+    def _reading(self, what: str, read: Callable[[psycopg.Connection], T]) -> T:
+        """``read`` on this thread's connection; once more on a new one if the server had just ended
+        that session (a read changes nothing, so it can always be asked again)."""
         with self._translate_errors(what):
-            return self._connection().execute(query, params).fetchall()  # type: ignore[arg-type]
+            conn = self._connection()
+            try:
+                return read(conn)
+            except psycopg.OperationalError:
+                if not conn.broken:
+                    raise
+            return read(self._connection())
 
     @contextlib.contextmanager
     def _translate_errors(self, what: str) -> Iterator[None]:
@@ -771,10 +851,7 @@ class PostgresStorage:
         """The error a user sees for a driver error (a constraint error of a caller's bug passes)."""
         where = self._location
         if isinstance(exc, pg_errors.RaiseException) and BEING_REMOVED in str(exc):
-            return WorkflowConflictError(
-                f"cannot {what}: the id belongs to a deleted workflow whose rows are still being removed; "
-                "a collection finishes that (Client.garbage_collect, litedur gc), or use another id"
-            )
+            return id_being_removed_error(what)
         if isinstance(exc, (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege)):
             return DatabaseError(f"cannot {what}: database {where} is read-only for this role ({_first_line(exc)})")
         if isinstance(exc, pg_errors.DiskFull):
@@ -786,6 +863,11 @@ class PostgresStorage:
             )
         if isinstance(exc, pg_errors.IntegrityError):
             return exc
+        if isinstance(exc, psycopg.DataError) and "NUL" in str(exc):
+            return ValueError(
+                f"cannot {what}: PostgreSQL text cannot hold a NUL character (\\x00); an id, key, topic "
+                "or name with one can be stored only in a SQLite file"
+            )
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, psycopg.DatabaseError)):
             return DatabaseError(f"cannot {what}: database {where}: {_first_line(exc)}")
         return exc
@@ -808,8 +890,11 @@ class PostgresStorage:
     def executor_lock(self, executor_id: str) -> ExecutorLock:
         """Hold "executor ``executor_id`` is alive" until ``.release()``: a session-level advisory
         lock on a connection of its own, which the server drops when this process dies."""
-        conn = self._connect()
         key = _key64("executor", self.schema, executor_id)
+        try:
+            conn = self._lock_session()
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot connect to {self._location}: {_first_line(exc)}") from exc
         try:
             held = conn.execute("SELECT pg_try_advisory_lock(%s::bigint)", (key,)).fetchone()
         except psycopg.Error as exc:
@@ -818,13 +903,19 @@ class PostgresStorage:
         if not held or not held[0]:
             conn.close()
             raise ExecutorError(f"executor id {executor_id!r} is in use by another live process ({self._location})")
-        with self._connections_lock, contextlib.suppress(ValueError):  # its holder closes it, not close()
-            self._connections.remove(conn)
         return ExecutorLock(conn, executor_id, key, self._lock_session)
 
     def _lock_session(self) -> psycopg.Connection:
-        """A connection of its own for an executor lock taken again (see `ExecutorLock`)."""
-        return psycopg.connect(self._conninfo, autocommit=True, **self._options())
+        """A connection of its own for an executor lock (see `ExecutorLock`). Over TCP the server
+        probes it every few seconds, so a host that died or was cut off loses its locks within
+        about `LOCK_KEEPALIVE_SECONDS` instead of the system's default of hours."""
+        options = self._options()
+        idle, interval, count = LOCK_KEEPALIVE_IDLE, LOCK_KEEPALIVE_INTERVAL, LOCK_KEEPALIVE_COUNT
+        options["options"] += (
+            f" -c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval}"
+            f" -c tcp_keepalives_count={count} -c tcp_user_timeout={LOCK_KEEPALIVE_SECONDS * 1000}"
+        )
+        return psycopg.connect(self._conninfo, autocommit=True, **options)
 
     def executor_alive(self, executor_id: str | None) -> bool:
         """True while some session holds ``executor_id``'s advisory lock (as the server's pg_locks
@@ -889,10 +980,7 @@ class PostgresStorage:
             return 0
         version = self._meta_version()
         if version > SCHEMA_VERSION:
-            raise DatabaseError(
-                f"{self._location} has litedur schema version {version}; this litedur reads up to "
-                f"{SCHEMA_VERSION}: upgrade litedur"
-            )
+            raise newer_schema_error(self._location, version, SCHEMA_VERSION)
         return version
 
     def _meta_version(self) -> int:
@@ -1014,9 +1102,7 @@ class PostgresStorage:
         A child (``parent_id``) is created fenced on its parent's run, and with ``checkpoint`` the
         parent's checkpoint commits in the same transaction (a replay never starts a second child).
         """
-        now = time.time()
-        row = WorkflowRow(workflow_id, name, "PENDING", inputs[0], inputs[1], None, None, None, None,
-                          executor_id, 0, now, now, parent_id, timeout, deadline)  # fmt: skip
+        row = new_workflow_row(workflow_id, name, inputs, executor_id, parent_id, timeout, deadline, time.time())
         if checkpoint is not None or parent_id is not None:
             fenced = parent_id or checkpoint.workflow_id  # type: ignore[union-attr]
             return self._write(
@@ -1048,8 +1134,7 @@ class PostgresStorage:
             )
             if row is None:
                 return "lost"
-            attempts = row[0] + (previous_executor is not None)  # a first run after resume/fork is no recovery
-            status = "PENDING" if attempts <= max_recoveries else "MAX_RECOVERY_ATTEMPTS_EXCEEDED"
+            attempts, status = claimed_status(row[0], previous_executor, max_recoveries)
             tx.execute(
                 "UPDATE workflows SET executor_id = %s, recovery_attempts = %s, status = %s, updated_at = %s "
                 "WHERE workflow_id = %s",
@@ -1072,8 +1157,7 @@ class PostgresStorage:
     ) -> bool:
         """Record a final status and close every open stream of the workflow, in one transaction.
         Fenced: False (nothing written) unless PENDING and owned by ``executor_id``."""
-        encoding, value = output if output is not None else (None, None)
-        description, pickled = error if error is not None else (None, None)
+        encoding, value, description, pickled = final_values(output, error)
         params = (workflow_id, executor_id, status, encoding, _to_db(value), description, pickled, time.time(),
                   has_streams)  # fmt: skip
         return bool(self._call(f"finish workflow {workflow_id!r}", self._finish_workflow, params)[0])
@@ -1139,7 +1223,7 @@ class PostgresStorage:
                   row.error, row.error_pickle, row.attempts, row.started_at, row.finished_at)  # fmt: skip
         fence = self._call(f"record step {row.position} of {row.workflow_id!r}", self._record_step, params)
         if fence[0]:
-            raise _refusal(row.workflow_id, executor_id, *fence[1:4])
+            raise run_refusal(row.workflow_id, executor_id, *fence[1:4])
 
     def list_steps(self, workflow_id: str) -> list[StepRow]:
         """A workflow's recorded steps in position order."""
@@ -1169,7 +1253,7 @@ class PostgresStorage:
             _fence(tx, workflow_id, executor_id)
             stream_id, offset, closed = _open_stream(tx, workflow_id, key)
             if closed != OPEN:
-                raise StreamClosedError(f"stream {key!r} of workflow {workflow_id!r} is closed")
+                raise stream_closed_error(workflow_id, key)
             _insert_entries(tx, StreamGroup(workflow_id, key, position, attempt, list(values)), stream_id, offset)
             if checkpoint is not None:
                 tx.execute(_INSERT_STEP, _step_params(checkpoint))
@@ -1202,7 +1286,7 @@ class PostgresStorage:
         params = (workflow_id, executor_id, stream_id, encoded[0], _to_db(encoded[1]), position, attempt)
         found = self._call("append to a stream", self._append_one, params)
         if found[0]:
-            raise _refusal(workflow_id, executor_id, *found[1:4])
+            raise run_refusal(workflow_id, executor_id, *found[1:4])
         return found[4]
 
     def append_groups(
@@ -1210,11 +1294,22 @@ class PostgresStorage:
     ) -> tuple[dict[str, BaseException], list[tuple[int, int, list[tuple[int, Any]]]]]:
         """Append several groups of values (each: one stream, one step attempt) in one transaction:
         ``(failures by workflow id, placed as (stream_id, first offset, values))``."""
-        if len(groups) == 1:  # the usual batch: one statement
+        unstorable = {
+            group.workflow_id: ValueError(
+                f"cannot append to stream {group.key!r} of workflow {group.workflow_id!r}: PostgreSQL text "
+                "cannot hold a NUL character (\\x00)"
+            )
+            for group in groups
+            if "\0" in group.workflow_id or "\0" in group.key
+        }
+        groups = [group for group in groups if group.workflow_id not in unstorable]  # the others still go
+        if not groups:
+            return dict(unstorable), []
+        if len(groups) == 1 and not unstorable:  # the usual batch: one statement
             return self._append_group(groups[0], executor_id)
 
         def append(tx: _Tx) -> tuple[dict[str, BaseException], list[tuple[int, int, list[tuple[int, Any]]]]]:
-            failures: dict[str, BaseException] = {}
+            failures: dict[str, BaseException] = dict(unstorable)
             placed: list[tuple[int, int, list[tuple[int, Any]]]] = []
             for workflow_id in sorted({group.workflow_id for group in groups}):  # one lock order for all
                 try:
@@ -1226,9 +1321,7 @@ class PostgresStorage:
                     continue
                 stream_id, offset, closed = _open_stream(tx, group.workflow_id, group.key)
                 if closed != OPEN:
-                    failures[group.workflow_id] = StreamClosedError(
-                        f"stream {group.key!r} of workflow {group.workflow_id!r} is closed"
-                    )
+                    failures[group.workflow_id] = stream_closed_error(group.workflow_id, group.key)
                     continue
                 _insert_entries(tx, group, stream_id, offset)
                 placed.append((stream_id, offset, group.values))
@@ -1246,10 +1339,9 @@ class PostgresStorage:
             f"append to stream {group.key!r} of {group.workflow_id!r}", self._append_values, params
         )
         if refused:
-            return {group.workflow_id: _refusal(group.workflow_id, executor_id, status, owner, reason)}, []
+            return {group.workflow_id: run_refusal(group.workflow_id, executor_id, status, owner, reason)}, []
         if offset is None:
-            closed = StreamClosedError(f"stream {group.key!r} of workflow {group.workflow_id!r} is closed")
-            return {group.workflow_id: closed}, []
+            return {group.workflow_id: stream_closed_error(group.workflow_id, group.key)}, []
         return {}, [(stream_id, offset, group.values)]
 
     def close_stream(self, workflow_id: str, key: str, executor_id: str) -> None:
@@ -1289,26 +1381,13 @@ class PostgresStorage:
                     raise WorkflowNotFoundError(workflow_id)  # deleted, and its rows removed already
                 if first_read and offset > 0:
                     last = conn.execute(_LAST_ENTRY, (stream_id,)).fetchone()
-                    ended = last is not None and last[1] in (END_OF_STREAM, STREAM_DELETED) and last[0] < offset
-                    if ended and last is not None and last[1] == STREAM_DELETED:
-                        raise WorkflowNotFoundError(workflow_id)
-                    return [], ended
-        if rows and rows[-1][0] == END_OF_STREAM:
-            del rows[-1]
-            return rows, True
-        if rows and rows[-1][0] == STREAM_DELETED:
-            del rows[-1]
-            if not rows:
-                raise WorkflowNotFoundError(workflow_id)
-        return rows, False
+                    return [], ends_before_offset(last, offset, workflow_id)
+        return without_end_mark(rows, workflow_id)
 
     def stream_end(self, stream_id: int) -> tuple[int, bool]:
         """``(length, ended)``: the offset after a stream's last value, and whether it ends there."""
         rows = self._query("read a stream", _LAST_ENTRY, (stream_id,))
-        if not rows:
-            return 0, False
-        offset, encoding = rows[0]
-        return (offset, True) if encoding < 0 else (offset + 1, False)
+        return stream_end(rows[0] if rows else None)
 
     def earlier_attempt_values(self, workflow_id: str, key: str, position: int, attempt: int) -> list[EntryRow]:
         """Entries that earlier attempts (< ``attempt``) of the step at ``position`` wrote to ``key``:
@@ -1409,10 +1488,7 @@ class PostgresStorage:
             status = tx.one("SELECT status FROM workflows WHERE workflow_id = %s FOR SHARE", (workflow_id,))
             if status is None:
                 raise WorkflowNotFoundError(workflow_id)
-            if status[0] not in ACTIVE_STATUSES:
-                raise WorkflowStatusError(
-                    f"cannot send to workflow {workflow_id!r}: it has ended ({status[0]})", status[0]
-                )
+            check_can_receive(workflow_id, status[0])
             inserted = tx.changed(
                 "INSERT INTO messages (workflow_id, topic, encoding, value, idempotency_key, sent_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s) "
@@ -1543,8 +1619,7 @@ class PostgresStorage:
                 )
             }
             declared = {row[0]: QueueRow(*row) for row in tx.rows(f"SELECT {', '.join(QueueRow._fields)} FROM queues")}
-            names = sorted(set(counts) | set(declared))
-            return [(declared.get(name), counts.get(name, QueueCounts(name, 0, 0))) for name in names]
+            return queue_overview(declared, counts)
 
         return self._read("list queues", read)
 
@@ -1570,11 +1645,7 @@ class PostgresStorage:
             )
             if holder is None:
                 raise pg_errors.SerializationFailure("the conflicting workflow went away: try again")
-            raise DuplicateWorkflowError(
-                f"queue {row.queue_name!r} already has workflow {holder[0]!r} with deduplication id "
-                f"{row.deduplication_id!r}",
-                holder[0],
-            )
+            raise duplicate_in_queue_error(row, holder[0])
 
         return self._write(f"enqueue workflow {row.workflow_id!r}", enqueue)
 
@@ -1726,15 +1797,14 @@ class PostgresStorage:
         ``start_step`` (steps, waits, events, stream values renumbered from 0). One transaction."""
 
         def fork(tx: _Tx) -> WorkflowRow:
-            original = _fetch_workflow(tx, workflow_id)
+            # FOR SHARE waits for a write of the source's run in flight (each holds its row lock) and
+            # holds off the next: the copy below, statement by statement, sees one committed state.
+            original = _fetch_workflow(tx, workflow_id, lock="FOR SHARE")
             if original is None:
                 raise WorkflowNotFoundError(workflow_id)
-            now = time.time()
-            deadline = None if original.timeout is None else now + original.timeout
-            row = WorkflowRow(new_id, original.name, "PENDING", original.inputs_encoding, original.inputs,
-                              None, None, None, None, None, 0, now, now, None, original.timeout, deadline)  # fmt: skip
+            row = forked_workflow_row(original, new_id, time.time())
             if tx.changed(_INSERT_WORKFLOW, _workflow_params(row)) == 0:
-                raise WorkflowConflictError(f"cannot fork {workflow_id!r} as {new_id!r}: that id exists")
+                raise fork_exists_error(workflow_id, new_id)
             _copy_record(tx, workflow_id, new_id, start_step)
             tx.bump(new_id, ANY_UNOWNED)
             return row
@@ -1746,19 +1816,17 @@ class PostgresStorage:
     def collection_cutoff(self, ended_before: float | None, keep_last: int | None) -> float | None:
         """The end time before which finished workflows go: ``ended_before``, or later if more than
         ``keep_last`` finished workflows ended after it."""
-        if keep_last is None:
-            return ended_before
-        if keep_last == 0:
-            return float("inf")
+        return collection_cutoff(ended_before, keep_last, self._nth_newest_end)
+
+    def _nth_newest_end(self, index: int) -> float | None:
+        """When the finished workflow at ``index`` (0: the newest) ended; None if there are fewer."""
         rows = self._query(
             "find workflows to collect",
             f"SELECT updated_at FROM workflows WHERE status IN {_FINAL_LIST} "
             "ORDER BY updated_at DESC LIMIT 1 OFFSET %s",
-            (keep_last - 1,),
+            (index,),
         )
-        if not rows:
-            return ended_before
-        return rows[0][0] if ended_before is None else max(rows[0][0], ended_before)
+        return rows[0][0] if rows else None
 
     def collectable_workflows(self, ended_before: float, limit: int) -> list[str]:
         """Up to ``limit`` (-1: all) finished workflows that ended before ``ended_before``, oldest
@@ -1910,7 +1978,7 @@ class PostgresStorage:
             if entry is not None and media_type != row.media_type:
                 return HttpAppendResult("content-type", row)
             state = _http_producer(tx, row.stream_id, producer)
-            refused = _http_append_refused(row, entry, producer, state, stream_seq)
+            refused = http_append_refused(row, producer, state, stream_seq)
             if refused is not None:
                 return refused
             return _http_append(tx, row, entry, close, stream_seq, producer, now)
@@ -1926,14 +1994,8 @@ class PostgresStorage:
             missing = _http_stream_missing(tx, row, now)
             if missing is not None or row is None:
                 return HttpReadResult(missing or "missing", row, [])
-            if start is None or start == (row.next_seq, row.next_position):
-                return HttpReadResult("ok", row, [])
-            if start[0] >= row.next_seq:
-                return HttpReadResult("bad-offset", row, [])
-            entries = _http_entries(tx, row.stream_id, start[0], max_bytes)
-            if not entries or entries[0][1] != start[1]:
-                return HttpReadResult("bad-offset", row, [])
-            return HttpReadResult("ok", row, entries)
+            stream_id = row.stream_id
+            return http_read_result(row, start, lambda seq: _http_entries(tx, stream_id, seq, max_bytes))
 
         return self._read(f"read stream {path!r}", read)
 
@@ -1963,10 +2025,9 @@ class PostgresStorage:
         def delete(tx: _Tx) -> str:
             _purge_expired_http_streams(tx, now)
             row = _http_stream_at(tx, path, lock=True)
-            if row is None:
-                return "missing"
-            if row.deleted:
-                return "gone"
+            absent = http_absent(row)
+            if absent is not None or row is None:
+                return absent or "missing"
             return _delete_http_stream(tx, row)
 
         return self._write(f"delete stream {path!r}", delete)
@@ -1995,8 +2056,8 @@ def _limit(limit: int) -> int | None:
     return None if limit < 0 else limit
 
 
-def _fetch_workflow(tx: _Tx, workflow_id: str) -> WorkflowRow | None:
-    row = tx.one(f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = %s", (workflow_id,))
+def _fetch_workflow(tx: _Tx, workflow_id: str, lock: str = "") -> WorkflowRow | None:
+    row = tx.one(f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = %s {lock}", (workflow_id,))
     return _workflow_row(row) if row is not None else None
 
 
@@ -2009,30 +2070,14 @@ def _fence(tx: _Tx, workflow_id: str, executor_id: str | None) -> None:
     )
     assert found is not None
     if found[0]:
-        raise _refusal(workflow_id, executor_id, *found[1:])
-
-
-def _refusal(workflow_id: str, executor_id: str | None, status: str | None, owner: str | None,
-             reason: str | None) -> Exception:  # fmt: skip
-    """Why a fenced write of this run was refused, from what its fence found (status None: no row)."""
-    if status is None:
-        return StaleRunError(f"workflow {workflow_id!r} was deleted; this run of it (executor {executor_id!r}) stops")
-    if status == "CANCELLED":
-        return WorkflowCancelledError(f"workflow {workflow_id!r} was cancelled" + (f": {reason}" if reason else ""))
-    return StaleRunError(
-        f"workflow {workflow_id!r} is {status} and owned by executor {owner!r}; "
-        f"this run of it (executor {executor_id!r}) stops"
-    )
+        raise run_refusal(workflow_id, executor_id, *found[1:])
 
 
 def _create_child(tx: _Tx, row: WorkflowRow, fenced: str, checkpoint: StepRow | None) -> tuple[bool, WorkflowRow]:
     _fence(tx, fenced, row.executor_id)
     created = tx.changed(_INSERT_WORKFLOW, _workflow_params(row)) == 1
     existing = row if created else _fetch_workflow(tx, row.workflow_id)
-    if existing is not None and existing.name != row.name:
-        raise WorkflowConflictError(
-            f"workflow id {row.workflow_id!r} already belongs to a workflow named {existing.name!r}, not {row.name!r}"
-        )
+    check_same_name(row.workflow_id, existing, row.name)
     if checkpoint is not None:
         tx.execute(_INSERT_STEP, _step_params(checkpoint))
     assert existing is not None
@@ -2111,16 +2156,13 @@ def _dequeue(
         for row in tx.rows(
             f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE status = 'ENQUEUED' AND queue_name = %s "
             f"AND (available_at IS NULL OR available_at <= %s) AND name = ANY(%s) ORDER BY {order} LIMIT %s "
-            "FOR NO KEY UPDATE SKIP LOCKED",
+            "FOR NO KEY UPDATE",  # not SKIP LOCKED: a row a send holds for a moment keeps its turn
             (queue.name, now, list(names), free),
         )
     ]
     taken = []
     for row in rows:
-        # The timeout starts at the first dequeue (a requeued workflow keeps its deadline), bounded by a
-        # deadline set at the enqueue (its parent's).
-        ends = [end for end in (row.deadline, None if row.timeout is None else now + row.timeout) if end]
-        deadline = min(ends) if ends else None
+        deadline = dequeued_deadline(row, now)
         tx.execute(
             "UPDATE workflows SET status = 'PENDING', executor_id = %s, deadline = %s, updated_at = %s "
             "WHERE workflow_id = %s",
@@ -2177,7 +2219,7 @@ def _cancel(tx: _Tx, workflow_id: str, reason: str, if_deadline: float | None) -
     if status not in ACTIVE_STATUSES or (if_deadline is not None and deadline != if_deadline):
         return status, []
     tree = [(workflow_id, reason)] + [
-        (child, f"{CASCADE_REASON} {parent!r}: {reason}")
+        (child, cascade_reason(parent, reason))
         for child, parent in tx.rows(
             "WITH RECURSIVE tree(id) AS (SELECT %s::text UNION SELECT w.workflow_id FROM workflows w "
             "JOIN tree ON w.parent_id = tree.id) SELECT w.workflow_id, w.parent_id FROM workflows w "
@@ -2203,12 +2245,7 @@ def _resume(tx: _Tx, workflow_id: str) -> list[str]:
     row = tx.one("SELECT status FROM workflows WHERE workflow_id = %s FOR NO KEY UPDATE", (workflow_id,))
     if row is None:
         raise WorkflowNotFoundError(workflow_id)
-    if row[0] not in RESUMABLE_STATUSES:
-        raise WorkflowStatusError(
-            f"cannot resume workflow {workflow_id!r}: it is {row[0]}; only "
-            f"{' or '.join(RESUMABLE_STATUSES)} workflows can be resumed",
-            row[0],
-        )
+    check_resumable(workflow_id, row[0])
     resumed = [workflow_id] + [
         found[0]
         for found in tx.rows(
@@ -2221,16 +2258,31 @@ def _resume(tx: _Tx, workflow_id: str) -> list[str]:
     _refuse_taken_deduplication(tx, resumed)
     now = time.time()
     for target in resumed:
-        tx.execute(
-            "UPDATE workflows SET executor_id = NULL, recovery_attempts = 0, "
-            "status = CASE WHEN queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END, "
-            "cancel_reason = NULL, deadline = NULL, output_encoding = NULL, output = NULL, error = NULL, "
-            "error_pickle = NULL, updated_at = %s WHERE workflow_id = %s",
-            (now, target),
-        )
+        _reactivate(tx, target, now)
         _reopen_terminated_streams(tx, target)
     tx.bump(ANY_UNOWNED)
     return resumed
+
+
+def _reactivate(tx: _Tx, workflow_id: str, now: float) -> None:
+    """Make one resumed workflow PENDING (ENQUEUED if queued). An enqueue that took its deduplication
+    id after the check committed first: refused as the check refuses it, naming that workflow."""
+    update = (
+        "UPDATE workflows SET executor_id = NULL, recovery_attempts = 0, "
+        "status = CASE WHEN queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END, "
+        "cancel_reason = NULL, deadline = NULL, output_encoding = NULL, output = NULL, error = NULL, "
+        "error_pickle = NULL, updated_at = %s WHERE workflow_id = %s"
+    )
+    while True:
+        tx.execute("SAVEPOINT reactivate")
+        try:
+            tx.execute(update, (now, workflow_id))
+        except pg_errors.UniqueViolation:
+            tx.execute("ROLLBACK TO SAVEPOINT reactivate")
+            _refuse_taken_deduplication(tx, [workflow_id])  # a new statement: sees that enqueue
+            continue  # its holder ended meanwhile: the id is free again
+        tx.execute("RELEASE SAVEPOINT reactivate")
+        return
 
 
 def _refuse_taken_deduplication(tx: _Tx, workflow_ids: list[str]) -> None:
@@ -2245,11 +2297,7 @@ def _refuse_taken_deduplication(tx: _Tx, workflow_ids: list[str]) -> None:
         )
         if holder is not None:
             other, queue, deduplication_id = holder
-            raise DuplicateWorkflowError(
-                f"cannot resume workflow {workflow_id!r}: queue {queue!r} already has workflow {other!r} "
-                f"with its deduplication id {deduplication_id!r}",
-                other,
-            )
+            raise deduplication_taken_error(workflow_id, queue, other, deduplication_id)
 
 
 def _copy_record(tx: _Tx, source: str, target: str, before: int) -> None:
@@ -2349,22 +2397,10 @@ def _purge_workflow_rows(tx: _Tx, workflow_id: str, budget: int) -> tuple[int, i
 # ---- HTTP streams (the helpers of PostgresStorage's "HTTP streams" section) -----------------------
 
 
-class _HttpForkPoint(NamedTuple):
-    source: HttpStreamRow
-    seq: int
-    position: int
-    partial: HttpEntry | None  # the first bytes (messages) of the entry at the fork point
-
-
 def _http_stream_at(tx: _Tx, path: str, lock: bool = False) -> HttpStreamRow | None:
     suffix = " FOR NO KEY UPDATE" if lock else ""
     row = tx.one(f"SELECT {_HTTP_STREAM_COLUMNS} FROM http_streams WHERE path = %s{suffix}", (path,))
     return HttpStreamRow(*row) if row is not None else None
-
-
-def _http_expiry(ttl: int | None, expires_at: float | None, now: float) -> float | None:
-    ends = [end for end in (expires_at, None if ttl is None else now + ttl) if end is not None]
-    return min(ends) if ends else None
 
 
 def _has_forks(tx: _Tx, stream_id: int) -> bool:
@@ -2372,28 +2408,7 @@ def _has_forks(tx: _Tx, stream_id: int) -> bool:
 
 
 def _http_stream_missing(tx: _Tx, row: HttpStreamRow | None, now: float) -> str | None:
-    """None for a live stream, else "missing" or "gone" (a tombstone, or expired with forks)."""
-    if row is None:
-        return "missing"
-    if row.deleted:
-        return "gone"
-    if row.expiry is not None and row.expiry <= now:
-        return "gone" if _has_forks(tx, row.stream_id) else "missing"
-    return None
-
-
-def _same_http_config(row: HttpStreamRow, spec: HttpStreamSpec) -> bool:
-    """Whether a create asks for the stream already there (see `SQLiteStorage.create_http_stream`)."""
-    if row.media_type != spec.media_type:
-        return False
-    lifetime = row.ttl == spec.ttl and row.expires_at == spec.expires_at
-    if spec.fork_source is None:
-        return lifetime
-    if row.fork_source != spec.fork_source or row.fork_sub_offset != spec.fork_sub_offset:
-        return False
-    if spec.fork_at is not None and spec.fork_at[0] != row.fork_seq:
-        return False
-    return lifetime or (spec.ttl is None and spec.expires_at is None)
+    return http_stream_missing(row, now, functools.partial(_has_forks, tx))
 
 
 def _create_http_stream(
@@ -2401,24 +2416,19 @@ def _create_http_stream(
 ) -> tuple[str, HttpStreamRow | None]:
     existing = _http_stream_at(tx, spec.path)
     if existing is not None:
-        if existing.deleted:
-            return "gone", existing
-        return ("exists" if _same_http_config(existing, spec) else "conflict"), existing
+        return existing_http_outcome(existing, spec), existing
     fork = None
     if spec.fork_source is not None:
         outcome, fork = _http_fork_point(tx, spec)
         if fork is None:
             return outcome, None
-        if spec.ttl is None and spec.expires_at is None:
-            spec = spec._replace(ttl=fork.source.ttl, expires_at=fork.source.expires_at)
+        spec = forked_spec(spec, fork)
     made = tx.one(
         "INSERT INTO http_streams (path, content_type, media_type, json, ttl, expires_at, expiry, closed, "
         "forked_from, fork_source, fork_seq, fork_sub_offset, created_at) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING stream_id",
-        (spec.path, spec.content_type, spec.media_type, int(spec.json), spec.ttl, spec.expires_at,
-         _http_expiry(spec.ttl, spec.expires_at, now), int(spec.closed),
-         fork and fork.source.stream_id, spec.fork_source, fork and fork.seq, spec.fork_sub_offset, now),
-    )  # fmt: skip
+        new_http_stream_params(spec, fork, now),
+    )
     assert made is not None
     stream_id = made[0]
     seq, position = _copy_fork(tx, fork, stream_id) if fork is not None else (0, 0)
@@ -2432,38 +2442,20 @@ def _create_http_stream(
     return "created", _http_stream_at(tx, spec.path)
 
 
-def _http_fork_point(tx: _Tx, spec: HttpStreamSpec) -> tuple[str, _HttpForkPoint | None]:
+def _http_fork_point(tx: _Tx, spec: HttpStreamSpec) -> tuple[str, HttpForkPoint | None]:
     source = _http_stream_at(tx, spec.fork_source or "", lock=True)
-    if source is None:
-        return "source-missing", None
-    if source.deleted:
-        return "source-gone", None
-    if source.media_type != spec.media_type:
-        return "source-mismatch", None
-    seq, position = spec.fork_at if spec.fork_at is not None else (source.next_seq, source.next_position)
-    entry = tx.one(
-        "SELECT position, size, data FROM http_stream_entries WHERE stream_id = %s AND seq = %s",
-        (source.stream_id, seq),
+    return http_fork_point(spec, source, functools.partial(_http_entry_at, tx))
+
+
+def _http_entry_at(tx: _Tx, stream_id: int, seq: int) -> tuple[int, int, bytes] | None:
+    """``(position, size, data)`` of an entry of a stream, or None."""
+    found = tx.one(
+        "SELECT position, size, data FROM http_stream_entries WHERE stream_id = %s AND seq = %s", (stream_id, seq)
     )
-    at_tail = (seq, position) == (source.next_seq, source.next_position)
-    if not at_tail and (entry is None or entry[0] != position):
-        return "bad-fork-offset", None
-    partial = None
-    if spec.fork_sub_offset:
-        if entry is None or spec.fork_sub_offset > entry[1]:
-            return "bad-sub-offset", None
-        partial = _http_entry_prefix(bytes(entry[2]), spec.fork_sub_offset, bool(source.json))
-    return "", _HttpForkPoint(source, seq, position, partial)
+    return (found[0], found[1], found[2]) if found is not None else None
 
 
-def _http_entry_prefix(data: bytes, size: int, json_mode: bool) -> HttpEntry:
-    """The first ``size`` bytes of an entry, or in JSON mode its first ``size`` messages."""
-    if json_mode:
-        return HttpEntry(b"\n".join(data.split(b"\n")[:size]), size)
-    return HttpEntry(data[:size], size)
-
-
-def _copy_fork(tx: _Tx, fork: _HttpForkPoint, stream_id: int) -> tuple[int, int]:
+def _copy_fork(tx: _Tx, fork: HttpForkPoint, stream_id: int) -> tuple[int, int]:
     """Copy a fork's inherited entries into the new stream; its ``(next seq, next position)``."""
     tx.execute(
         "INSERT INTO http_stream_entries (stream_id, seq, position, size, data) "
@@ -2487,33 +2479,6 @@ def _http_producer(tx: _Tx, stream_id: int, producer: HttpProducer | None) -> tu
     return (row[0], row[1]) if row is not None else None
 
 
-def _http_append_refused(
-    row: HttpStreamRow,
-    entry: HttpEntry | None,
-    producer: HttpProducer | None,
-    state: tuple[int, int] | None,
-    stream_seq: str | None,
-) -> HttpAppendResult | None:
-    """Why an append must not happen (see `SQLiteStorage.append_http_stream`), or None."""
-    if producer is not None and state is not None:
-        epoch, last = state
-        if producer.epoch < epoch:
-            return HttpAppendResult("stale-epoch", row, epoch)
-        if producer.epoch == epoch and producer.seq <= last:
-            return HttpAppendResult("duplicate", row, epoch, last)
-    if row.closed:
-        return HttpAppendResult("closed", row)
-    if producer is not None:
-        if state is None or producer.epoch > state[0]:
-            if producer.seq != 0:
-                return HttpAppendResult("bad-epoch-seq", row)
-        elif producer.seq != state[1] + 1:
-            return HttpAppendResult("seq-gap", row, state[0], state[1] + 1)
-    if stream_seq is not None and row.stream_seq is not None and stream_seq <= row.stream_seq:
-        return HttpAppendResult("stream-seq", row)
-    return None
-
-
 def _http_append(
     tx: _Tx,
     row: HttpStreamRow,
@@ -2526,12 +2491,7 @@ def _http_append(
     """Write an accepted append: the entry, the stream's new tail and flags, the producer's state."""
     if entry is not None:
         tx.execute(_INSERT_HTTP_ENTRY, (row.stream_id, row.next_seq, row.next_position, entry.size, entry.data))
-        row = row._replace(next_seq=row.next_seq + 1, next_position=row.next_position + entry.size)
-    row = row._replace(
-        closed=int(row.closed or close),
-        stream_seq=stream_seq if stream_seq is not None else row.stream_seq,
-        expiry=_http_expiry(row.ttl, row.expires_at, now),
-    )
+    row = appended_http_row(row, entry, close, stream_seq, now)
     tx.execute(
         "UPDATE http_streams SET next_seq = %s, next_position = %s, closed = %s, stream_seq = %s, expiry = %s "
         "WHERE stream_id = %s",
@@ -2544,9 +2504,7 @@ def _http_append(
             (row.stream_id, producer.producer_id, producer.epoch, producer.seq),
         )
     tx.bump(http_stream_key(row.path))
-    if producer is None:
-        return HttpAppendResult("appended", row)
-    return HttpAppendResult("appended", row, producer.epoch, producer.seq)
+    return appended_result(row, producer)
 
 
 def _http_entries(tx: _Tx, stream_id: int, seq: int, max_bytes: int) -> list[tuple[int, int, int, bytes]]:
@@ -2672,26 +2630,38 @@ class ExecutorLock:
             self._take_again()
 
     def _take_again(self) -> None:
+        """Take the lock on a new session, every `RELOCK_INTERVAL` seconds until it is ours: the
+        server may still hold it for the lost session (it notices a cut connection late)."""
         log.warning("executor %s lost its database session, and with it its lock: taking it again", self.executor_id)
+        refused = False
         while self._conn is not None:
             try:
                 conn = self._connect()
-                held = conn.execute("SELECT pg_try_advisory_lock(%s::bigint)", (self._key,)).fetchone()
             except psycopg.Error:
-                if _stopped(self._stop_read, RELOCK_INTERVAL):
+                conn = None
+            if conn is not None:
+                try:
+                    held = conn.execute("SELECT pg_try_advisory_lock(%s::bigint)", (self._key,)).fetchone()
+                except psycopg.Error:
+                    held = None
+                if held and held[0]:
+                    old, self._conn = self._conn, conn
+                    with contextlib.suppress(psycopg.Error):
+                        old.close()
+                    self.retaken += 1
+                    log.warning("executor %s holds its lock again", self.executor_id)
                     return
-                continue
-            if held and held[0]:
-                old, self._conn = self._conn, conn
-                with contextlib.suppress(psycopg.Error):
-                    old.close()
-                self.retaken += 1
-                log.warning("executor %s holds its lock again", self.executor_id)
+                conn.close()
+                if held is not None and not refused:
+                    refused = True
+                    log.warning(
+                        "executor %s: its lock is still held (by its lost session, or another "
+                        "process); trying again every %s s",
+                        self.executor_id,
+                        RELOCK_INTERVAL,
+                    )
+            if _stopped(self._stop_read, RELOCK_INTERVAL):
                 return
-            conn.close()  # another process registered this id meanwhile: nothing of ours to keep alive
-            log.error("executor %s: its id is now held by another process; its lock is not taken again",
-                      self.executor_id)
-            return
 
 
 def _session_alive(conn: psycopg.Connection) -> bool:

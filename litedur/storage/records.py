@@ -208,3 +208,30 @@ class HeldLock(Protocol):
     """What a backend's ``executor_lock`` returns: held until released, or until the process dies."""
 
     def release(self) -> None: ...
+
+
+def new_workflow_row(
+    workflow_id: str,
+    name: str,
+    inputs: tuple[int, Any],
+    executor_id: str,
+    parent_id: str | None,
+    timeout: float | None,
+    deadline: float | None,
+    now: float,
+) -> WorkflowRow:
+    """The row of a workflow created PENDING and owned by ``executor_id`` at ``now``."""
+    return WorkflowRow(workflow_id, name, "PENDING", inputs[0], inputs[1], None, None, None, None,
+                       executor_id, 0, now, now, parent_id, timeout, deadline)  # fmt: skip
+
+
+def forked_workflow_row(original: WorkflowRow, new_id: str, now: float) -> WorkflowRow:
+    """The row of a fork of ``original``: PENDING with no executor, its timeout starting ``now``."""
+    deadline = None if original.timeout is None else now + original.timeout
+    return WorkflowRow(new_id, original.name, "PENDING", original.inputs_encoding, original.inputs,
+                       None, None, None, None, None, 0, now, now, None, original.timeout, deadline)  # fmt: skip
+
+
+def cascade_reason(parent_id: str, reason: str) -> str:
+    """The cancel reason of a descendant that a cancel of its ancestor took (see CASCADE_REASON)."""
+    return f"{CASCADE_REASON} {parent_id!r}: {reason}"

@@ -9,26 +9,56 @@ on a lock upgrade) and its docstring says what it guarantees. Rows come back as 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import apsw
 
 from .. import liveness, wakeup
 from ..errors import (
     DatabaseError,
-    DuplicateWorkflowError,
     StaleRunError,
-    StreamClosedError,
     WorkflowCancelledError,
     WorkflowConflictError,
     WorkflowNotFoundError,
-    WorkflowStatusError,
+)
+from .common import (
+    HttpForkPoint,
+    appended_http_row,
+    appended_result,
+    check_can_receive,
+    check_durability,
+    check_resumable,
+    check_same_name,
+    claimed_status,
+    collection_cutoff,
+    deduplication_taken_error,
+    dequeued_deadline,
+    duplicate_in_queue_error,
+    ends_before_offset,
+    existing_http_outcome,
+    final_values,
+    fork_exists_error,
+    forked_spec,
+    http_absent,
+    http_append_refused,
+    http_fork_point,
+    http_read_result,
+    http_stream_missing,
+    id_being_removed_error,
+    new_http_stream_params,
+    newer_schema_error,
+    queue_overview,
+    run_refusal,
+    stream_closed_error,
+    stream_end,
+    without_end_mark,
 )
 from .records import (
     ACTIVE_STATUSES,
@@ -39,7 +69,6 @@ from .records import (
     CLOSED_BY_WORKFLOW,
     END_OF_STREAM,
     OPEN,
-    RESUMABLE_STATUSES,
     SET_EVENT_STEP,
     STREAM_DELETED,
     EntryRow,
@@ -59,7 +88,10 @@ from .records import (
     StreamRow,
     WorkflowRow,
     WorkflowState,
+    cascade_reason,
+    forked_workflow_row,
     http_stream_key,
+    new_workflow_row,
 )
 
 APPLICATION_ID = 0x4C544452  # "LTDR"
@@ -332,8 +364,7 @@ class SQLiteStorage:
     """A litedur database in one WAL-mode SQLite file; one apsw connection per thread."""
 
     def __init__(self, path: str, *, create: bool = True, durability: str = "normal") -> None:
-        if durability not in ("normal", "full"):
-            raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
+        check_durability(durability)
         self.path = os.path.abspath(os.fspath(path))
         self.durability = durability
         self._local = threading.local()
@@ -522,10 +553,7 @@ class SQLiteStorage:
         if isinstance(exc, (apsw.CantOpenError, apsw.IOError, apsw.PermissionsError)):
             return DatabaseError(f"cannot {what}: I/O error on {self.path} ({exc})")
         if isinstance(exc, apsw.ConstraintError) and BEING_REMOVED in str(exc):
-            return WorkflowConflictError(
-                f"cannot {what}: the id belongs to a deleted workflow whose rows are still being removed; "
-                "a collection finishes that (Client.garbage_collect, litedur gc), or use another id"
-            )
+            return id_being_removed_error(what)
         return exc
 
     def close(self) -> None:
@@ -566,10 +594,7 @@ class SQLiteStorage:
         if app_id != APPLICATION_ID and (app_id != 0 or tables):
             raise DatabaseError(f"{self.path} is a SQLite database of another application, not litedur")
         if version > SCHEMA_VERSION:
-            raise DatabaseError(
-                f"{self.path} has litedur schema version {version}; this litedur reads up to "
-                f"{SCHEMA_VERSION}: upgrade litedur"
-            )
+            raise newer_schema_error(self.path, version, SCHEMA_VERSION)
         if version == SCHEMA_VERSION:
             if create and not _gives_space_back(conn) and not _is_readonly(conn):
                 self._use_incremental_vacuum(conn)  # an upgrade cut short between its commit and its VACUUM
@@ -693,20 +718,14 @@ class SQLiteStorage:
         child started by a workflow body) the parent's checkpoint is recorded in the same
         transaction: a replay finds the checkpoint and never starts a second child.
         """
-        now = time.time()
-        row = WorkflowRow(workflow_id, name, "PENDING", inputs[0], inputs[1], None, None, None, None,
-                          executor_id, 0, now, now, parent_id, timeout, deadline)  # fmt: skip
+        row = new_workflow_row(workflow_id, name, inputs, executor_id, parent_id, timeout, deadline, time.time())
         if checkpoint is not None or parent_id is not None:
             with self._write(f"start child workflow {workflow_id!r}") as conn:
                 _fence(conn, parent_id or checkpoint.workflow_id, executor_id)  # type: ignore[union-attr]
                 conn.execute(_INSERT_WORKFLOW, row)
                 created = conn.changes() == 1
                 existing = row if created else _fetch_workflow(conn, workflow_id)
-                if existing is not None and existing.name != name:
-                    raise WorkflowConflictError(
-                        f"workflow id {workflow_id!r} already belongs to a workflow named {existing.name!r}, "
-                        f"not {name!r}"
-                    )
+                check_same_name(workflow_id, existing, name)
                 if checkpoint is not None:
                     conn.execute(_INSERT_STEP, checkpoint)
             assert existing is not None
@@ -740,9 +759,7 @@ class SQLiteStorage:
             ).fetchall()
             if not row:
                 return "lost"
-            # Taking work nobody ran since a resume or fork is a first run, not a recovery.
-            attempts = row[0][0] + (previous_executor is not None)
-            status = "PENDING" if attempts <= max_recoveries else "MAX_RECOVERY_ATTEMPTS_EXCEEDED"
+            attempts, status = claimed_status(row[0][0], previous_executor, max_recoveries)
             conn.execute(
                 "UPDATE workflows SET executor_id = ?, recovery_attempts = ?, status = ?, "
                 "updated_at = ? WHERE workflow_id = ?",
@@ -767,9 +784,7 @@ class SQLiteStorage:
         cancel or another executor came first, and nothing is written). ``has_streams=False`` (the
         caller knows the workflow never opened one) saves the search for open streams.
         """
-        encoding, value = output if output is not None else (None, None)
-        description, pickled = error if error is not None else (None, None)
-        values = (status, encoding, value, description, pickled, time.time(), workflow_id, executor_id)
+        values = (status, *final_values(output, error), time.time(), workflow_id, executor_id)
         if not has_streams:
             return self._commit_one(_FINISH_WHILE_OWNED, values, f"finish workflow {workflow_id!r}") == 1
         with self._write(f"finish workflow {workflow_id!r}") as conn:
@@ -896,7 +911,7 @@ class SQLiteStorage:
             _fence(conn, workflow_id, executor_id)
             stream_id, offset, closed = _open_stream(conn, workflow_id, key)
             if closed != OPEN:
-                raise StreamClosedError(f"stream {key!r} of workflow {workflow_id!r} is closed")
+                raise stream_closed_error(workflow_id, key)
             _insert_entries(conn, StreamGroup(workflow_id, key, position, attempt, list(values)), stream_id, offset)
             if checkpoint is not None:
                 conn.execute(_INSERT_STEP, checkpoint)
@@ -1041,9 +1056,7 @@ class SQLiteStorage:
                     owned.add(group.workflow_id)
                 stream_id, offset, closed = _open_stream(conn, group.workflow_id, group.key)
                 if closed != OPEN:
-                    failures[group.workflow_id] = StreamClosedError(
-                        f"stream {group.key!r} of workflow {group.workflow_id!r} is closed"
-                    )
+                    failures[group.workflow_id] = stream_closed_error(group.workflow_id, group.key)
                     continue
                 _insert_entries(conn, group, stream_id, offset)
                 placed.append((stream_id, offset, group.values))
@@ -1098,20 +1111,10 @@ class SQLiteStorage:
                     raise WorkflowNotFoundError(workflow_id)  # deleted, and its rows removed already
                 if first_read and offset > 0:
                     last = conn.execute(_LAST_ENTRY, (stream_id,)).fetchall()
-                    ended = bool(last) and last[0][1] in (END_OF_STREAM, STREAM_DELETED) and last[0][0] < offset
-                    if ended and last[0][1] == STREAM_DELETED:
-                        raise WorkflowNotFoundError(workflow_id)
-                    return [], ended
+                    return [], ends_before_offset(last[0] if last else None, offset, workflow_id)
         except apsw.Error as exc:
             raise self._database_error("read a stream", exc) from exc
-        if rows and rows[-1][0] == END_OF_STREAM:
-            del rows[-1]
-            return rows, True
-        if rows and rows[-1][0] == STREAM_DELETED:
-            del rows[-1]
-            if not rows:
-                raise WorkflowNotFoundError(workflow_id)
-        return rows, False
+        return without_end_mark(rows, workflow_id)
 
     def stream_end(self, stream_id: int) -> tuple[int, bool]:
         """``(length, ended)``: the offset after a stream's last value, and whether the stream ends
@@ -1120,10 +1123,7 @@ class SQLiteStorage:
             last = self._connection().execute(_LAST_ENTRY, (stream_id,)).fetchall()
         except apsw.Error as exc:
             raise self._database_error("read a stream", exc) from exc
-        if not last:
-            return 0, False
-        offset, encoding = last[0]
-        return (offset, True) if encoding < 0 else (offset + 1, False)  # < 0: a mark of storage's own (its end)
+        return stream_end(last[0] if last else None)
 
     def earlier_attempt_values(
         self, workflow_id: str, key: str, position: int, attempt: int
@@ -1234,10 +1234,7 @@ class SQLiteStorage:
             status = conn.execute("SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)).fetchall()
             if not status:
                 raise WorkflowNotFoundError(workflow_id)
-            if status[0][0] not in ACTIVE_STATUSES:
-                raise WorkflowStatusError(
-                    f"cannot send to workflow {workflow_id!r}: it has ended ({status[0][0]})", status[0][0]
-                )
+            check_can_receive(workflow_id, status[0][0])
             conn.execute(
                 "INSERT INTO messages (workflow_id, topic, encoding, value, idempotency_key, sent_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -1359,8 +1356,7 @@ class SQLiteStorage:
                 row[0]: QueueRow(*row)
                 for row in conn.execute(f"SELECT {', '.join(QueueRow._fields)} FROM queues").fetchall()
             }
-        names = sorted(set(counts) | set(declared))
-        return [(declared.get(name), counts.get(name, QueueCounts(name, 0, 0))) for name in names]
+        return queue_overview(declared, counts)
 
     def enqueue_workflow(
         self, row: WorkflowRow, checkpoint: StepRow | None = None, executor_id: str | None = None
@@ -1385,11 +1381,7 @@ class SQLiteStorage:
                 ).fetchall()
                 if not holder:
                     raise
-                raise DuplicateWorkflowError(
-                    f"queue {row.queue_name!r} already has workflow {holder[0][0]!r} with deduplication id "
-                    f"{row.deduplication_id!r}",
-                    holder[0][0],
-                ) from None
+                raise duplicate_in_queue_error(row, holder[0][0]) from None
             if conn.changes() == 1:
                 return True, row
             existing = _fetch_workflow(conn, row.workflow_id)
@@ -1452,10 +1444,7 @@ class SQLiteStorage:
             ]
             taken = []
             for row in rows:
-                # The timeout starts at the first dequeue (a requeued workflow keeps its deadline), bounded
-                # by a deadline set at the enqueue (its parent's).
-                ends = [end for end in (row.deadline, None if row.timeout is None else now + row.timeout) if end]
-                deadline = min(ends) if ends else None
+                deadline = dequeued_deadline(row, now)
                 conn.execute(
                     "UPDATE workflows SET status = 'PENDING', executor_id = ?, deadline = ?, updated_at = ? "
                     "WHERE workflow_id = ?",
@@ -1625,7 +1614,7 @@ class SQLiteStorage:
             ).fetchall()[0][0]:
                 return rows[0][0], []
             tree = [(workflow_id, reason)] + [
-                (child, f"{CASCADE_REASON} {parent!r}: {reason}")
+                (child, cascade_reason(parent, reason))
                 for child, parent in conn.execute(
                     "WITH RECURSIVE tree(id) AS (SELECT ? UNION SELECT w.workflow_id FROM workflows w "
                     "JOIN tree ON w.parent_id = tree.id) SELECT w.workflow_id, w.parent_id FROM workflows w "
@@ -1655,12 +1644,7 @@ class SQLiteStorage:
             rows = conn.execute("SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)).fetchall()
             if not rows:
                 raise WorkflowNotFoundError(workflow_id)
-            if rows[0][0] not in RESUMABLE_STATUSES:
-                raise WorkflowStatusError(
-                    f"cannot resume workflow {workflow_id!r}: it is {rows[0][0]}; only "
-                    f"{' or '.join(RESUMABLE_STATUSES)} workflows can be resumed",
-                    rows[0][0],
-                )
+            check_resumable(workflow_id, rows[0][0])
             resumed = [workflow_id] + [
                 row[0]
                 for row in conn.execute(
@@ -1693,13 +1677,10 @@ class SQLiteStorage:
             original = _fetch_workflow(conn, workflow_id)
             if original is None:
                 raise WorkflowNotFoundError(workflow_id)
-            now = time.time()
-            deadline = None if original.timeout is None else now + original.timeout
-            row = WorkflowRow(new_id, original.name, "PENDING", original.inputs_encoding, original.inputs,
-                              None, None, None, None, None, 0, now, now, None, original.timeout, deadline)  # fmt: skip
+            row = forked_workflow_row(original, new_id, time.time())
             conn.execute(_INSERT_WORKFLOW, row)
             if conn.changes() == 0:
-                raise WorkflowConflictError(f"cannot fork {workflow_id!r} as {new_id!r}: that id exists")
+                raise fork_exists_error(workflow_id, new_id)
             _copy_record(conn, workflow_id, new_id, start_step)
             _bump(conn, new_id, ANY_UNOWNED)
         return row
@@ -1709,15 +1690,13 @@ class SQLiteStorage:
     def collection_cutoff(self, ended_before: float | None, keep_last: int | None) -> float | None:
         """The end time before which finished workflows go: ``ended_before``, or later if more than
         ``keep_last`` finished workflows ended after it (the end of the newest ``keep_last``-th)."""
-        if keep_last is None:
-            return ended_before
-        if keep_last == 0:
-            return float("inf")
+        return collection_cutoff(ended_before, keep_last, self._nth_newest_end)
+
+    def _nth_newest_end(self, index: int) -> float | None:
+        """When the finished workflow at ``index`` (0: the newest) ended; None if there are fewer."""
         with self._read("find workflows to collect") as conn:
-            rows = conn.execute(_NTH_NEWEST_FINISHED, (keep_last - 1,)).fetchall()
-        if not rows:  # at most keep_last finished workflows
-            return ended_before
-        return rows[0][0] if ended_before is None else max(rows[0][0], ended_before)
+            rows = conn.execute(_NTH_NEWEST_FINISHED, (index,)).fetchall()
+        return rows[0][0] if rows else None
 
     def collectable_workflows(self, ended_before: float, limit: int) -> list[str]:
         """Up to ``limit`` (-1: all) finished workflows that ended before ``ended_before``, oldest first,
@@ -1895,24 +1874,19 @@ class SQLiteStorage:
             _purge_expired_http_streams(conn, now)
             existing = _http_stream_at(conn, spec.path)
             if existing is not None:
-                if existing.deleted:
-                    return "gone", existing
-                return ("exists" if _same_http_config(existing, spec) else "conflict"), existing
+                return existing_http_outcome(existing, spec), existing
             fork = None
             if spec.fork_source is not None:
                 outcome, fork = _http_fork_point(conn, spec)
                 if fork is None:
                     return outcome, None
-                if spec.ttl is None and spec.expires_at is None:
-                    spec = spec._replace(ttl=fork.source.ttl, expires_at=fork.source.expires_at)
+                spec = forked_spec(spec, fork)
             conn.execute(
                 "INSERT INTO http_streams (path, content_type, media_type, json, ttl, expires_at, expiry, closed, "
                 "forked_from, fork_source, fork_seq, fork_sub_offset, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (spec.path, spec.content_type, spec.media_type, int(spec.json), spec.ttl, spec.expires_at,
-                 _http_expiry(spec.ttl, spec.expires_at, now), int(spec.closed),
-                 fork and fork.source.stream_id, spec.fork_source, fork and fork.seq, spec.fork_sub_offset, now),
-            )  # fmt: skip
+                new_http_stream_params(spec, fork, now),
+            )
             stream_id = conn.last_insert_rowid()
             seq, position = _copy_fork(conn, fork, stream_id) if fork is not None else (0, 0)
             if body is not None:
@@ -1954,18 +1928,13 @@ class SQLiteStorage:
             if entry is not None and media_type != row.media_type:
                 return HttpAppendResult("content-type", row)
             state = _http_producer(conn, row.stream_id, producer)
-            refused = _http_append_refused(row, entry, producer, state, stream_seq)
+            refused = http_append_refused(row, producer, state, stream_seq)
             if refused is not None:
                 return refused
             if entry is not None:
                 placed = (row.stream_id, row.next_seq, row.next_position, entry.size, entry.data)
                 conn.execute(_INSERT_HTTP_ENTRY, placed)
-                row = row._replace(next_seq=row.next_seq + 1, next_position=row.next_position + entry.size)
-            row = row._replace(
-                closed=int(row.closed or close),
-                stream_seq=stream_seq if stream_seq is not None else row.stream_seq,
-                expiry=_http_expiry(row.ttl, row.expires_at, now),
-            )
+            row = appended_http_row(row, entry, close, stream_seq, now)
             conn.execute(
                 "UPDATE http_streams SET next_seq = ?, next_position = ?, closed = ?, stream_seq = ?, expiry = ? "
                 "WHERE stream_id = ?",
@@ -1978,9 +1947,7 @@ class SQLiteStorage:
                     (row.stream_id, producer.producer_id, producer.epoch, producer.seq),
                 )
             _bump(conn, http_stream_key(path))
-        if producer is None:
-            return HttpAppendResult("appended", row)
-        return HttpAppendResult("appended", row, producer.epoch, producer.seq)
+        return appended_result(row, producer)
 
     def read_http_stream(
         self, path: str, start: tuple[int, int] | None, max_bytes: int, now: float
@@ -1996,14 +1963,8 @@ class SQLiteStorage:
             missing = _http_stream_missing(conn, row, now)
             if missing is not None or row is None:
                 return HttpReadResult(missing or "missing", row, [])
-            if start is None or start == (row.next_seq, row.next_position):
-                return HttpReadResult("ok", row, [])
-            if start[0] >= row.next_seq:
-                return HttpReadResult("bad-offset", row, [])
-            entries = _http_entries(conn, row.stream_id, start[0], max_bytes)
-            if entries[0][1] != start[1]:
-                return HttpReadResult("bad-offset", row, [])
-            return HttpReadResult("ok", row, entries)
+            stream_id = row.stream_id
+            return http_read_result(row, start, lambda seq: _http_entries(conn, stream_id, seq, max_bytes))
 
     def http_stream_info(self, path: str, now: float) -> tuple[str, HttpStreamRow | None]:
         """``(outcome, row)`` of a stream: "ok", "missing" or "gone"; reads only (a TTL is not renewed)."""
@@ -2028,10 +1989,9 @@ class SQLiteStorage:
         with self._write(f"delete stream {path!r}") as conn:
             _purge_expired_http_streams(conn, now)
             row = _http_stream_at(conn, path)
-            if row is None:
-                return "missing"
-            if row.deleted:
-                return "gone"
+            absent = http_absent(row)
+            if absent is not None or row is None:
+                return absent or "missing"
             return _delete_http_stream(conn, row)
 
     def purge_expired_http_streams(self, now: float) -> int:
@@ -2142,11 +2102,7 @@ def _refuse_taken_deduplication(conn: apsw.Connection, workflow_ids: list[str]) 
         ).fetchall()
         if holder:
             other, queue, deduplication_id = holder[0]
-            raise DuplicateWorkflowError(
-                f"cannot resume workflow {workflow_id!r}: queue {queue!r} already has workflow {other!r} "
-                f"with its deduplication id {deduplication_id!r}",
-                other,
-            )
+            raise deduplication_taken_error(workflow_id, queue, other, deduplication_id)
 
 
 def _count(conn: apsw.Connection, query: str, *params: Any) -> int:
@@ -2164,17 +2120,10 @@ def _fence(conn: apsw.Connection, workflow_id: str, executor_id: str | None) -> 
     rows = conn.execute(
         "SELECT status, executor_id, cancel_reason FROM workflows WHERE workflow_id = ?", (workflow_id,)
     ).fetchall()
-    if not rows:  # deleted (a cancelled workflow whose run had not stopped yet)
-        raise StaleRunError(f"workflow {workflow_id!r} was deleted; this run of it (executor {executor_id!r}) stops")
-    status, owner, reason = rows[0]
+    status, owner, reason = rows[0] if rows else (None, None, None)
     if status == "PENDING" and owner == executor_id:
         return
-    if status == "CANCELLED":
-        raise WorkflowCancelledError(f"workflow {workflow_id!r} was cancelled" + (f": {reason}" if reason else ""))
-    raise StaleRunError(
-        f"workflow {workflow_id!r} is {status} and owned by executor {owner!r}; "
-        f"this run of it (executor {executor_id!r}) stops"
-    )
+    raise run_refusal(workflow_id, executor_id, status, owner, reason)
 
 
 def _open_stream(conn: apsw.Connection, workflow_id: str, key: str) -> tuple[int, int, int]:
@@ -2385,13 +2334,6 @@ def _create_private_file(path: str) -> None:
 
 # ---- HTTP streams (the helpers of SQLiteStorage's "HTTP streams" section) ------------------------
 
-class _HttpForkPoint(NamedTuple):
-    source: HttpStreamRow
-    seq: int
-    position: int
-    partial: HttpEntry | None  # the first bytes (messages) of the entry at the fork point
-
-
 _HTTP_STREAM_COLUMNS = ", ".join(HttpStreamRow._fields)
 _INSERT_HTTP_ENTRY = "INSERT INTO http_stream_entries (stream_id, seq, position, size, data) VALUES (?, ?, ?, ?, ?)"
 
@@ -2401,73 +2343,28 @@ def _http_stream_at(conn: apsw.Connection, path: str) -> HttpStreamRow | None:
     return HttpStreamRow(*rows[0]) if rows else None
 
 
-def _http_expiry(ttl: int | None, expires_at: float | None, now: float) -> float | None:
-    ends = [end for end in (expires_at, None if ttl is None else now + ttl) if end is not None]
-    return min(ends) if ends else None
-
-
 def _has_forks(conn: apsw.Connection, stream_id: int) -> bool:
     return bool(conn.execute("SELECT 1 FROM http_streams WHERE forked_from = ? LIMIT 1", (stream_id,)).fetchall())
 
 
 def _http_stream_missing(conn: apsw.Connection, row: HttpStreamRow | None, now: float) -> str | None:
-    """None for a live stream, else "missing" or "gone" (a tombstone, or expired with forks)."""
-    if row is None:
-        return "missing"
-    if row.deleted:
-        return "gone"
-    if row.expiry is not None and row.expiry <= now:
-        return "gone" if _has_forks(conn, row.stream_id) else "missing"
-    return None
+    return http_stream_missing(row, now, functools.partial(_has_forks, conn))
 
 
-def _same_http_config(row: HttpStreamRow, spec: HttpStreamSpec) -> bool:
-    """Whether a create asks for the stream already there (a fork: the same origin; TTL and expiry
-    compared only where the request gives them, since a fork takes its source's otherwise)."""
-    if row.media_type != spec.media_type:
-        return False
-    lifetime = row.ttl == spec.ttl and row.expires_at == spec.expires_at
-    if spec.fork_source is None:
-        return lifetime
-    if row.fork_source != spec.fork_source or row.fork_sub_offset != spec.fork_sub_offset:
-        return False
-    if spec.fork_at is not None and spec.fork_at[0] != row.fork_seq:
-        return False
-    return lifetime or (spec.ttl is None and spec.expires_at is None)
-
-
-def _http_fork_point(conn: apsw.Connection, spec: HttpStreamSpec) -> tuple[str, _HttpForkPoint | None]:
+def _http_fork_point(conn: apsw.Connection, spec: HttpStreamSpec) -> tuple[str, HttpForkPoint | None]:
     source = _http_stream_at(conn, spec.fork_source or "")
-    if source is None:
-        return "source-missing", None
-    if source.deleted:
-        return "source-gone", None
-    if source.media_type != spec.media_type:
-        return "source-mismatch", None
-    seq, position = spec.fork_at if spec.fork_at is not None else (source.next_seq, source.next_position)
-    entry = conn.execute(
-        "SELECT position, size, data FROM http_stream_entries WHERE stream_id = ? AND seq = ?",
-        (source.stream_id, seq),
+    return http_fork_point(spec, source, functools.partial(_http_entry_at, conn))
+
+
+def _http_entry_at(conn: apsw.Connection, stream_id: int, seq: int) -> tuple[int, int, bytes] | None:
+    """``(position, size, data)`` of an entry of a stream, or None."""
+    rows = conn.execute(
+        "SELECT position, size, data FROM http_stream_entries WHERE stream_id = ? AND seq = ?", (stream_id, seq)
     ).fetchall()
-    at_tail = (seq, position) == (source.next_seq, source.next_position)
-    if not at_tail and (not entry or entry[0][0] != position):
-        return "bad-fork-offset", None
-    partial = None
-    if spec.fork_sub_offset:
-        if not entry or spec.fork_sub_offset > entry[0][1]:
-            return "bad-sub-offset", None
-        partial = _http_entry_prefix(entry[0][2], spec.fork_sub_offset, bool(source.json))
-    return "", _HttpForkPoint(source, seq, position, partial)
+    return rows[0] if rows else None
 
 
-def _http_entry_prefix(data: bytes, size: int, json_mode: bool) -> HttpEntry:
-    """The first ``size`` bytes of an entry, or in JSON mode its first ``size`` messages."""
-    if json_mode:
-        return HttpEntry(b"\n".join(data.split(b"\n")[:size]), size)
-    return HttpEntry(data[:size], size)
-
-
-def _copy_fork(conn: apsw.Connection, fork: _HttpForkPoint, stream_id: int) -> tuple[int, int]:
+def _copy_fork(conn: apsw.Connection, fork: HttpForkPoint, stream_id: int) -> tuple[int, int]:
     """Copy a fork's inherited entries into the new stream; its ``(next seq, next position)``."""
     conn.execute(
         "INSERT INTO http_stream_entries (stream_id, seq, position, size, data) "
@@ -2489,33 +2386,6 @@ def _http_producer(conn: apsw.Connection, stream_id: int, producer: HttpProducer
         (stream_id, producer.producer_id),
     ).fetchall()
     return (rows[0][0], rows[0][1]) if rows else None
-
-
-def _http_append_refused(
-    row: HttpStreamRow,
-    entry: HttpEntry | None,
-    producer: HttpProducer | None,
-    state: tuple[int, int] | None,
-    stream_seq: str | None,
-) -> HttpAppendResult | None:
-    """Why an append must not happen (see `SQLiteStorage.append_http_stream`), or None."""
-    if producer is not None and state is not None:
-        epoch, last = state
-        if producer.epoch < epoch:
-            return HttpAppendResult("stale-epoch", row, epoch)
-        if producer.epoch == epoch and producer.seq <= last:
-            return HttpAppendResult("duplicate", row, epoch, last)
-    if row.closed:
-        return HttpAppendResult("closed", row)
-    if producer is not None:
-        if state is None or producer.epoch > state[0]:
-            if producer.seq != 0:
-                return HttpAppendResult("bad-epoch-seq", row)
-        elif producer.seq != state[1] + 1:
-            return HttpAppendResult("seq-gap", row, state[0], state[1] + 1)
-    if stream_seq is not None and row.stream_seq is not None and stream_seq <= row.stream_seq:
-        return HttpAppendResult("stream-seq", row)
-    return None
 
 
 def _http_entries(conn: apsw.Connection, stream_id: int, seq: int, max_bytes: int) -> list[tuple[int, int, int, bytes]]:

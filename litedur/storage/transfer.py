@@ -224,7 +224,22 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class _SQLiteSide:
+class _SameOnBoth:
+    """The verbs of a side whose SQL is the same on both backends (``conn`` and ``_errors``: the side's)."""
+
+    conn: Any
+    _errors: Callable[[str], contextlib.AbstractContextManager[None]]
+
+    def has_rows(self, table: str) -> bool:
+        with self._errors(f"read {table}"):
+            return bool(self.conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchall()[0][0])
+
+    def empty(self, table: str) -> None:
+        with self._errors(f"empty {table}"):
+            self.conn.execute(f"DELETE FROM {table}")
+
+
+class _SQLiteSide(_SameOnBoth):
     """A SQLite file, through its backend's connection for this thread."""
 
     def __init__(self, storage: Any) -> None:
@@ -301,14 +316,6 @@ class _SQLiteSide:
             ).fetchall()  # fmt: skip
         return int(found[0][0])
 
-    def has_rows(self, table: str) -> bool:
-        with self._errors(f"read {table}"):
-            return bool(self.conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchall()[0][0])
-
-    def empty(self, table: str) -> None:
-        with self._errors(f"empty {table}"):
-            self.conn.execute(f"DELETE FROM {table}")
-
     def insert(self, table: str, columns: list[str], rows: list[Sequence[Any]]) -> None:
         marks = ", ".join("?" * len(columns))
         with self._errors(f"copy rows of {table}"):
@@ -330,7 +337,7 @@ class _SQLiteSide:
             self.conn.execute("INSERT INTO workflow_changes (workflow_id) VALUES (?)", (ANY_UNOWNED,))
 
 
-class _PostgresSide:
+class _PostgresSide(_SameOnBoth):
     """A schema of a PostgreSQL database, through its backend's connection for this thread."""
 
     def __init__(self, storage: Any) -> None:
@@ -461,14 +468,6 @@ class _PostgresSide:
                 f"SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {sequence}"
             ).fetchall()
         return int(found[0][0])
-
-    def has_rows(self, table: str) -> bool:
-        with self._errors(f"read {table}"):
-            return bool(self.conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchall()[0][0])
-
-    def empty(self, table: str) -> None:
-        with self._errors(f"empty {table}"):
-            self.conn.execute(f"DELETE FROM {table}")
 
     def insert(self, table: str, columns: list[str], rows: list[Sequence[Any]]) -> None:
         """COPY the rows in: identity columns take the values given, as with OVERRIDING SYSTEM VALUE."""
