@@ -28,6 +28,7 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 import test_crash_injection as harness  # noqa: E402
+from pg_server import with_schema  # noqa: E402
 
 
 def where(keep: Path, postgres: str | None) -> Callable[[str], str]:
@@ -36,7 +37,7 @@ def where(keep: Path, postgres: str | None) -> Callable[[str], str]:
     if postgres is None:
         return lambda name: str(keep / name)
     run = uuid.uuid4().hex[:8]
-    return lambda name: f"{postgres}{'&' if '?' in postgres else '?'}schema=c{run}_" + re.sub(r"\W", "_", name)
+    return lambda name: with_schema(postgres, f"c{run}_" + re.sub(r"\W", "_", name))
 
 
 def main() -> int:

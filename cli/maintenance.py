@@ -10,7 +10,7 @@ import click
 
 import litedur
 from litedur.retention import Collected
-from litedur.storage import is_url
+from litedur.storage import is_url, mask_url
 
 from . import render
 from .commands import json_option, with_client, workflow_argument
@@ -156,11 +156,7 @@ def migrate(source: str, destination: str, replace: bool, as_json: bool) -> None
 
 def _shown(location: str) -> str:
     """A location as messages name it: a file's absolute path, a URL without its password."""
-    if not is_url(location):
-        return os.path.abspath(location)
-    from litedur.storage.postgres import mask_url
-
-    return mask_url(location)
+    return mask_url(location) if is_url(location) else os.path.abspath(location)
 
 
 def _size(path: str) -> int:

@@ -150,7 +150,9 @@ def exists(client: Any, workflow_id: str) -> bool:
 
 def on_sqlite(location: object) -> bool:
     """True if a test's database ``location`` is a SQLite file (not a PostgreSQL URL)."""
-    return not str(location).startswith(("postgresql://", "postgres://"))
+    from litedur.storage import is_url
+
+    return not is_url(str(location))
 
 
 def raw_rows(location: str | Path, sql: str, *params: object) -> list[tuple]:

@@ -34,7 +34,8 @@ from litedur.errors import (  # noqa: E402
     WorkflowNotFoundError,
     WorkflowStatusError,
 )
-from litedur.storage.postgres import SCHEMA_VERSION, PostgresStorage, mask_url, split_url  # noqa: E402
+from litedur.storage import mask_url  # noqa: E402
+from litedur.storage.postgres import SCHEMA_VERSION, PostgresStorage, split_url  # noqa: E402
 from litedur.storage.records import (  # noqa: E402
     ANY_UNOWNED,
     CLOSED_BY_TERMINATION,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..errors import DatabaseError
 from .base import Storage
+from .common import is_url, mask_url
 from .records import (
     ACTIVE_STATUSES,
     ANY_UNOWNED,
@@ -44,13 +45,6 @@ from .records import (
 )
 from .sqlite import SCHEMA_VERSION, SQLiteStorage
 
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_url(location: str) -> bool:
-    """True if ``location`` names a PostgreSQL database rather than a SQLite file."""
-    return location.startswith(POSTGRES_SCHEMES)
-
 
 def open_storage(location: str, *, create: bool = True, durability: str = "normal") -> Storage:
     """The backend for ``location``: a PostgreSQL URL (psycopg 3, the ``postgres`` extra, imported
@@ -60,7 +54,7 @@ def open_storage(location: str, *, create: bool = True, durability: str = "norma
             from .postgres import PostgresStorage
         except ImportError as exc:
             raise DatabaseError(
-                f"cannot open {location.split('@')[-1]}: the PostgreSQL backend needs psycopg 3 "
+                f"cannot open {mask_url(location)}: the PostgreSQL backend needs psycopg 3 "
                 f"(pip install 'litedur[postgres]'): {exc}"
             ) from exc
         return PostgresStorage(location, create=create, durability=durability)
@@ -103,5 +97,6 @@ __all__ = [
     "WorkflowState",
     "http_stream_key",
     "is_url",
+    "mask_url",
     "open_storage",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import (
     DatabaseError,
@@ -33,6 +34,27 @@ from .records import (
 )
 
 # ---- opening -------------------------------------------------------------------------------------
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(location: str) -> bool:
+    """True if ``location`` names a PostgreSQL database rather than a SQLite file."""
+    return location.startswith(POSTGRES_SCHEMES)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password (in the authority or a ``password`` parameter) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, host = netloc.rsplit("@", 1)
+        if ":" in credentials:
+            credentials = credentials.split(":", 1)[0] + ":***"
+        netloc = f"{credentials}@{host}"
+    query = [(name, "***" if name == "password" else value) for name, value in parse_qsl(parts.query, True)]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/*")))
 
 
 def check_durability(durability: str) -> None:

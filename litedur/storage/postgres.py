@@ -87,6 +87,7 @@ from .common import (
     http_read_result,
     http_stream_missing,
     id_being_removed_error,
+    mask_url,
     new_http_stream_params,
     newer_schema_error,
     queue_overview,
@@ -576,19 +577,6 @@ def split_url(url: str) -> tuple[str, str]:
         )
     rest = urlencode([(name, value) for name, value in query if name != "schema"])
     return urlunsplit(parts._replace(query=rest)), schema
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password (in the authority or a ``password`` parameter) replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        credentials, host = netloc.rsplit("@", 1)
-        if ":" in credentials:
-            credentials = credentials.split(":", 1)[0] + ":***"
-        netloc = f"{credentials}@{host}"
-    query = [(name, "***" if name == "password" else value) for name, value in parse_qsl(parts.query, True)]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/*")))
 
 
 def _key64(*parts: str) -> int:
