@@ -740,10 +740,8 @@ class Engine(Client):
         if recorded is not None:
             return
         self._flush_stream_writes(run)
-        now = time.time()
-        checkpoint = StepRow(run.workflow_id, position, name, None, None, None, None, 1, now, now)
         run.has_streams = True
-        self._storage.append_stream(run.workflow_id, key, [encoded], position, 1, run.executor_id, checkpoint)
+        self._storage.append_stream(run.workflow_id, key, [encoded], position, 1, run.executor_id, time.time())
 
     def _open_for_writing(self, run: _Run, key: str) -> int:
         run.has_streams = True

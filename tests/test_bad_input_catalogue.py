@@ -210,7 +210,7 @@ def test_a_bad_call_inside_a_workflow_raises_there_and_writes_nothing(app, db, b
     outcome = _start(app, "misuse", lambda: close_then(lambda: body(app)))
     assert outcome[0] == error
     assert all(fragment in outcome[1] for fragment in fragments), outcome
-    assert dump(db)[3] == before[3] + [(2, 0, -1, None, -1, 0)]  # only the close's end-of-stream entry
+    assert dump(db)[3] == before[3] + [(2, 0, -1, None, -1, 0, None)]  # only the close's end-of-stream entry
     assert [(s.key, s.length) for s in app.list_streams("misuse")] == [("done", 0)]
 
 

@@ -20,7 +20,7 @@ import time
 
 import apsw
 import pytest
-from support import SideEffectLog, on_sqlite, wait_until
+from support import SideEffectLog, on_sqlite, raw_rows, wait_until
 
 import litedur
 from litedur.values import JSON, PICKLED, TEXT
@@ -653,6 +653,85 @@ def test_a_different_step_at_a_recorded_position_raises_non_determinism(db, log,
     assert isinstance(info.value, litedur.LitedurError)
     assert handle.get_status().status == "ERROR"
     assert log.lines() == (["alpha"] if recorded == "alpha" else [])  # the other step never ran
+
+
+def define_writer(app, log, crash: bool):
+    @app.step(name="middle")
+    def middle():
+        log.record("middle")
+        return "m"
+
+    @app.workflow(name="writer")
+    def writer():
+        app.write_stream("out", "a")
+        middle()
+        app.write_stream("out", "b")
+        if crash:
+            raise Crash()
+        app.write_stream("out", "c")
+        return "written"
+
+    return writer
+
+
+def test_a_body_write_is_one_stream_entry_that_is_its_own_checkpoint(db, log, engines):
+    first = engines(db, executor_id="first")
+    writer = define_writer(first, log, crash=True)
+    with litedur.SetWorkflowID("bw"), pytest.raises(Crash):
+        writer()
+    first.shutdown()
+    if on_sqlite(db):  # no step row for a body write: the entry records when it was written
+        assert raw_rows(db, "SELECT position, name FROM steps") == [(1, "middle")]
+        assert raw_rows(db, "SELECT count(*) FROM stream_entries WHERE written_at IS NOT NULL") == [(2,)]
+
+    second = engines(db, executor_id="second")
+    define_writer(second, log, crash=False)
+    second.launch()
+    assert second.retrieve_workflow("bw").get_result(timeout=20) == "written"
+    assert list(second.read_stream("bw", "out")) == ["a", "b", "c"]  # replayed writes not repeated
+    assert log.lines() == ["middle"]
+    steps = second.list_steps("bw")
+    assert [(s.position, s.name, s.attempts) for s in steps] == [
+        (0, "litedur.write_stream:out", 1), (1, "middle", 1), (2, "litedur.write_stream:out", 1),
+        (3, "litedur.write_stream:out", 1),
+    ]  # fmt: skip
+    assert steps[0].started_at == steps[0].finished_at <= steps[2].started_at <= time.time()
+
+    with litedur.SetWorkflowID("bw-fork"):
+        forked = second.fork_workflow("bw", 2)
+    assert forked.get_result(timeout=20) == "written"
+    assert list(second.read_stream("bw-fork", "out")) == ["a", "b", "c"]
+    assert [s.name for s in second.list_steps("bw-fork")][:2] == ["litedur.write_stream:out", "middle"]
+    assert log.lines() == ["middle"]  # the fork took position 1 from the original
+
+
+@pytest.mark.sqlite_only
+def test_a_body_write_recorded_as_a_step_row_by_schema_version_7_still_replays(db, log, engines):
+    first = engines(db, executor_id="first")
+    writer = define_writer(first, log, crash=True)
+    with litedur.SetWorkflowID("old"), pytest.raises(Crash):
+        writer()
+    first.shutdown()
+    conn = apsw.Connection(db)  # rewrite the record as version 7 kept it: a step row per body write
+    with conn:
+        for position, written_at in conn.execute("SELECT position, written_at FROM stream_entries").fetchall():
+            conn.execute(
+                "INSERT INTO steps VALUES ('old', ?, 'litedur.write_stream:out', NULL, NULL, NULL, NULL, 1, ?, ?)",
+                (position, written_at, written_at),
+            )
+        conn.execute("ALTER TABLE stream_entries DROP COLUMN written_at")
+        conn.execute("PRAGMA user_version = 7")
+    conn.close()
+
+    second = engines(db, executor_id="second")
+    define_writer(second, log, crash=False)
+    second.launch()
+    assert second.retrieve_workflow("old").get_result(timeout=20) == "written"
+    assert list(second.read_stream("old", "out")) == ["a", "b", "c"]
+    assert [s.name for s in second.list_steps("old")] == ["litedur.write_stream:out", "middle"] + [
+        "litedur.write_stream:out"
+    ] * 2
+    assert raw_rows(db, "SELECT count(*) FROM steps WHERE name LIKE 'litedur.write_stream:%'") == [(2,)]
 
 
 # ---- introspection ------------------------------------------------------------------------------------

@@ -161,11 +161,13 @@ def test_an_older_schema_is_migrated(pg_url: str, pg_server_url: str) -> None:
     opened = PostgresStorage(pg_url)
     with psycopg.connect(pg_server_url, autocommit=True) as conn:  # back to version 1
         conn.execute(f"DROP TABLE {opened.schema}.schedule_declarations")
+        conn.execute(f"ALTER TABLE {opened.schema}.stream_entries DROP COLUMN written_at")
         conn.execute(f"UPDATE {opened.schema}.litedur_meta SET version = 1")
     assert opened.schema_version() == 1
     upgraded = PostgresStorage(pg_url)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 2
+    assert upgraded.schema_version() == SCHEMA_VERSION == 3
     assert upgraded.schedule_declarations() == []
+    assert upgraded.load_checkpoints("nobody") == ({}, {})
     for each in (opened, upgraded):
         each.close()
 

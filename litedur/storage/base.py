@@ -262,15 +262,16 @@ class Storage(Protocol):
         position: int,
         attempt: int,
         executor_id: str,
-        checkpoint: StepRow | None = None,
+        written_at: float | None = None,
     ) -> int:
         """Append encoded values at the end of the stream ``(workflow_id, key)``, creating it; returns
         the offset of the first. Each entry records ``position`` and ``attempt``.
 
         Offsets are dense: the next offset is taken inside this transaction, so concurrent appenders
-        (of this or other processes) serialize. With ``checkpoint`` (a write from a workflow body) the
-        step record commits with the values. Raises `StreamClosedError` on a closed stream, and the
-        fence's errors; nothing written then.
+        (of this or other processes) serialize. With ``written_at`` (one value written by a workflow
+        body) the entry is also that body's checkpoint at ``position``: `load_checkpoints` and
+        `list_steps` give it as the step ``litedur.write_stream:<key>``, so a body write commits one
+        row. Raises `StreamClosedError` on a closed stream, and the fence's errors; nothing written then.
         """
 
     def open_stream(self, workflow_id: str, key: str, executor_id: str) -> tuple[int, bool]:

@@ -22,6 +22,7 @@ from .records import (
     END_OF_STREAM,
     RESUMABLE_STATUSES,
     STREAM_DELETED,
+    WRITE_STREAM_STEP,
     HttpAppendResult,
     HttpEntry,
     HttpProducer,
@@ -30,6 +31,7 @@ from .records import (
     HttpStreamSpec,
     QueueCounts,
     QueueRow,
+    StepRow,
     WorkflowRow,
 )
 
@@ -117,6 +119,34 @@ def final_values(
     encoding, value = output if output is not None else (None, None)
     description, pickled = error if error is not None else (None, None)
     return encoding, value, description, pickled
+
+
+# ---- steps --------------------------------------------------------------------------------------
+
+# Per position of a workflow's stream entries: (position, highest attempt, written_at, key). A body
+# write's entry has a written_at; it is alone at its position (see `Storage.append_stream`).
+ENTRY_CHECKPOINTS = (
+    "SELECT e.position, max(e.attempt), max(e.written_at), max(s.key) FROM stream_entries e "
+    "JOIN streams s ON s.stream_id = e.stream_id WHERE s.workflow_id = {mark} AND e.position >= 0 "
+    "GROUP BY e.position"
+)
+
+
+def body_write_step(workflow_id: str, position: int, key: str, written_at: float) -> StepRow:
+    """The checkpoint of a workflow body's ``write_stream``, kept in its stream entry."""
+    name = f"{WRITE_STREAM_STEP}:{key}"
+    return StepRow(workflow_id, position, name, None, None, None, None, 1, written_at, written_at)
+
+
+def checkpoints_with_body_writes(
+    workflow_id: str, steps: dict[int, StepRow], entries: list[tuple[int, int, float | None, str]]
+) -> tuple[dict[int, StepRow], dict[int, int]]:
+    """`load_checkpoints`'s answer: ``steps`` plus the body writes among ``entries`` (rows of
+    ENTRY_CHECKPOINTS), and the highest attempt that wrote at each position."""
+    for position, _, written_at, key in entries:
+        if written_at is not None:
+            steps[position] = body_write_step(workflow_id, position, key, written_at)
+    return steps, {position: attempt for position, attempt, _, _ in entries}
 
 
 def check_can_receive(workflow_id: str, status: str) -> None:

@@ -64,13 +64,16 @@ from ..errors import (
     WorkflowNotFoundError,
 )
 from .common import (
+    ENTRY_CHECKPOINTS,
     HttpForkPoint,
     appended_http_row,
     appended_result,
+    body_write_step,
     check_can_receive,
     check_durability,
     check_resumable,
     check_same_name,
+    checkpoints_with_body_writes,
     claimed_status,
     collection_cutoff,
     deduplication_taken_error,
@@ -481,6 +484,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (name, executor_id)
     );
     """,
+    # version 3: a workflow body's write_stream is its own checkpoint (SQLite version 8)
+    """
+    ALTER TABLE @S.stream_entries ADD COLUMN written_at DOUBLE PRECISION;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -499,8 +506,13 @@ _READ_STATE = f"SELECT {', '.join(WorkflowState._fields)} FROM workflows WHERE w
 _NEXT_OFFSET = 'SELECT coalesce(max("offset") + 1, 0) FROM stream_entries e WHERE e.stream_id = s.stream_id'
 _LAST_ENTRY = 'SELECT "offset", encoding FROM stream_entries WHERE stream_id = %s ORDER BY "offset" DESC LIMIT 1'
 _INSERT_ENTRY = (
-    'INSERT INTO stream_entries (stream_id, "offset", encoding, value, position, attempt) '
-    "VALUES (%s, %s, %s, %s, %s, %s)"
+    'INSERT INTO stream_entries (stream_id, "offset", encoding, value, position, attempt, written_at) '
+    "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+_ENTRY_CHECKPOINTS = ENTRY_CHECKPOINTS.format(mark="%s")
+_BODY_WRITES = (
+    "SELECT e.position, s.key, e.written_at FROM stream_entries e JOIN streams s ON s.stream_id = e.stream_id "
+    "WHERE s.workflow_id = %s AND e.written_at IS NOT NULL"
 )
 _READ_VALUES = (
     'SELECT encoding, value FROM stream_entries WHERE stream_id = %s AND "offset" >= %s ORDER BY "offset" LIMIT %s'
@@ -1194,12 +1206,8 @@ class PostgresStorage:
 
         def load(tx: _Tx) -> tuple[dict[int, StepRow], dict[int, int]]:
             steps = tx.rows(f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = %s", (workflow_id,))
-            attempts = tx.rows(
-                "SELECT e.position, max(e.attempt) FROM stream_entries e JOIN streams s ON s.stream_id = e.stream_id "
-                "WHERE s.workflow_id = %s GROUP BY e.position",
-                (workflow_id,),
-            )
-            return {row[1]: _step_row(row) for row in steps}, {row[0]: row[1] for row in attempts}
+            entries = tx.rows(_ENTRY_CHECKPOINTS, (workflow_id,))
+            return checkpoints_with_body_writes(workflow_id, {row[1]: _step_row(row) for row in steps}, entries)
 
         return self._read(f"load checkpoints of {workflow_id!r}", load)
 
@@ -1215,12 +1223,14 @@ class PostgresStorage:
 
     def list_steps(self, workflow_id: str) -> list[StepRow]:
         """A workflow's recorded steps in position order."""
-        rows = self._query(
-            f"list steps of {workflow_id!r}",
-            f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = %s ORDER BY position",
-            (workflow_id,),
-        )
-        return [_step_row(row) for row in rows]
+
+        def list_(tx: _Tx) -> list[StepRow]:
+            rows = tx.rows(f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = %s", (workflow_id,))
+            writes = tx.rows(_BODY_WRITES, (workflow_id,))
+            steps = [_step_row(row) for row in rows] + [body_write_step(workflow_id, *write) for write in writes]
+            return sorted(steps, key=lambda step: step.position)
+
+        return self._read(f"list steps of {workflow_id!r}", list_)
 
     # ---- streams --------------------------------------------------------------------------------
 
@@ -1232,19 +1242,19 @@ class PostgresStorage:
         position: int,
         attempt: int,
         executor_id: str,
-        checkpoint: StepRow | None = None,
+        written_at: float | None = None,
     ) -> int:
         """Append encoded values at the stream's end (creating it); returns the first new offset.
-        StreamClosedError on a closed stream; with ``checkpoint`` that step commits too. Fenced."""
+        StreamClosedError on a closed stream; with ``written_at`` the entry is a workflow body's
+        checkpoint (see `Storage.append_stream`). Fenced."""
 
         def append(tx: _Tx) -> int:
             _fence(tx, workflow_id, executor_id)
             stream_id, offset, closed = _open_stream(tx, workflow_id, key)
             if closed != OPEN:
                 raise stream_closed_error(workflow_id, key)
-            _insert_entries(tx, StreamGroup(workflow_id, key, position, attempt, list(values)), stream_id, offset)
-            if checkpoint is not None:
-                tx.execute(_INSERT_STEP, _step_params(checkpoint))
+            group = StreamGroup(workflow_id, key, position, attempt, list(values))
+            _insert_entries(tx, group, stream_id, offset, written_at)
             return offset
 
         return self._write(f"append to stream {key!r} of {workflow_id!r}", append)
@@ -1340,7 +1350,7 @@ class PostgresStorage:
             stream_id, offset, closed = _open_stream(tx, workflow_id, key)
             if closed == OPEN:
                 tx.execute("UPDATE streams SET closed = %s WHERE stream_id = %s", (CLOSED_BY_WORKFLOW, stream_id))
-                tx.execute(_INSERT_ENTRY, (stream_id, offset, END_OF_STREAM, None, -1, 0))
+                tx.execute(_INSERT_ENTRY, (stream_id, offset, END_OF_STREAM, None, -1, 0, None))
 
         self._write(f"close stream {key!r} of {workflow_id!r}", close)
 
@@ -2097,8 +2107,8 @@ def _open_stream(tx: _Tx, workflow_id: str, key: str) -> tuple[int, int, int]:
     return stream_id, end[0], closed
 
 
-def _insert_entries(tx: _Tx, group: StreamGroup, stream_id: int, offset: int) -> None:
-    rows = [(stream_id, at, enc, _to_db(data), group.position, group.attempt)
+def _insert_entries(tx: _Tx, group: StreamGroup, stream_id: int, offset: int, written_at: float | None = None) -> None:
+    rows = [(stream_id, at, enc, _to_db(data), group.position, group.attempt, written_at)
             for at, (enc, data) in enumerate(group.values, offset)]  # fmt: skip
     if len(rows) == 1:
         tx.execute(_INSERT_ENTRY, rows[0])
@@ -2326,8 +2336,8 @@ def _copy_record(tx: _Tx, source: str, target: str, before: int) -> None:
         made = tx.one("INSERT INTO streams (workflow_id, key) VALUES (%s, %s) RETURNING stream_id", (target, key))
         assert made is not None
         tx.execute(
-            'INSERT INTO stream_entries (stream_id, "offset", encoding, value, position, attempt) '
-            'SELECT %s, row_number() OVER (ORDER BY "offset") - 1, encoding, value, position, attempt '
+            'INSERT INTO stream_entries (stream_id, "offset", encoding, value, position, attempt, written_at) '
+            'SELECT %s, row_number() OVER (ORDER BY "offset") - 1, encoding, value, position, attempt, written_at '
             "FROM stream_entries WHERE stream_id = %s AND encoding != %s AND position >= 0 AND position < %s",
             (made[0], stream_id, END_OF_STREAM, before),
         )

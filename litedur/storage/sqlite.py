@@ -29,13 +29,16 @@ from ..errors import (
     WorkflowNotFoundError,
 )
 from .common import (
+    ENTRY_CHECKPOINTS,
     HttpForkPoint,
     appended_http_row,
     appended_result,
+    body_write_step,
     check_can_receive,
     check_durability,
     check_resumable,
     check_same_name,
+    checkpoints_with_body_writes,
     claimed_status,
     collection_cutoff,
     deduplication_taken_error,
@@ -334,6 +337,12 @@ MIGRATIONS: list[str] = [
         declared_at REAL NOT NULL,
         PRIMARY KEY (name, executor_id)
     ) WITHOUT ROWID;
+    """,
+    # version 8: a workflow body's write_stream is its own checkpoint: the entry records when it was
+    # written, and no step row is added (one row, one page, per body write). Entries written by steps,
+    # and body writes recorded before this version (as step rows), have none.
+    """
+    ALTER TABLE stream_entries ADD COLUMN written_at REAL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)  # a migration appended to the list is the next version
@@ -851,13 +860,8 @@ class SQLiteStorage:
             steps = conn.execute(
                 f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ?", (workflow_id,)
             ).fetchall()
-            attempts = conn.execute(
-                "SELECT e.position, max(e.attempt) FROM stream_entries e "
-                "JOIN streams s ON s.stream_id = e.stream_id WHERE s.workflow_id = ? "
-                "GROUP BY e.position",
-                (workflow_id,),
-            ).fetchall()
-        return {row[1]: StepRow(*row) for row in steps}, dict(attempts)
+            entries = conn.execute(_ENTRY_CHECKPOINTS, (workflow_id,)).fetchall()
+        return checkpoints_with_body_writes(workflow_id, {row[1]: StepRow(*row) for row in steps}, entries)
 
     def record_step(self, row: StepRow, executor_id: str) -> None:
         """Record a step's output or final error, fenced on the run; fails if the position is recorded.
@@ -875,11 +879,10 @@ class SQLiteStorage:
     def list_steps(self, workflow_id: str) -> list[StepRow]:
         """A workflow's recorded steps in position order."""
         with self._read(f"list steps of {workflow_id!r}") as conn:
-            rows = conn.execute(
-                f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ? ORDER BY position",
-                (workflow_id,),
-            ).fetchall()
-        return [StepRow(*row) for row in rows]
+            rows = conn.execute(f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ?", (workflow_id,)).fetchall()
+            writes = conn.execute(_BODY_WRITES, (workflow_id,)).fetchall()
+        steps = [StepRow(*row) for row in rows] + [body_write_step(workflow_id, *write) for write in writes]
+        return sorted(steps, key=lambda step: step.position)
 
     # ---- streams --------------------------------------------------------------------------------
 
@@ -891,20 +894,19 @@ class SQLiteStorage:
         position: int,
         attempt: int,
         executor_id: str,
-        checkpoint: StepRow | None = None,
+        written_at: float | None = None,
     ) -> int:
         """Append encoded values at the stream's end (creating it); returns the first new offset.
 
         Offsets stay dense: the next offset is read inside the same write transaction. Raises
-        StreamClosedError (writing nothing) if the stream is closed. With ``checkpoint``, that step
-        record is inserted in the same transaction (a workflow-body write). Fenced on the run.
+        StreamClosedError (writing nothing) if the stream is closed. With ``written_at`` the entry is
+        a workflow body's checkpoint (see `Storage.append_stream`). Fenced on the run.
 
         One value (a body write) usually goes in at the offset this process remembers for the stream
-        (see `append_one`), with its checkpoint, in one call: a fenced insert of the entry and, only
-        if it went in, of the step record, in one transaction.
+        (see `append_one`): one fenced insert.
         """
         if len(values) == 1:
-            offset = self._append_remembered(workflow_id, key, values[0], position, attempt, executor_id, checkpoint)
+            offset = self._append_remembered(workflow_id, key, values[0], position, attempt, executor_id, written_at)
             if offset is not None:
                 return offset
         with self._write(f"append to stream {key!r} of {workflow_id!r}") as conn:
@@ -912,9 +914,8 @@ class SQLiteStorage:
             stream_id, offset, closed = _open_stream(conn, workflow_id, key)
             if closed != OPEN:
                 raise stream_closed_error(workflow_id, key)
-            _insert_entries(conn, StreamGroup(workflow_id, key, position, attempt, list(values)), stream_id, offset)
-            if checkpoint is not None:
-                conn.execute(_INSERT_STEP, checkpoint)
+            group = StreamGroup(workflow_id, key, position, attempt, list(values))
+            _insert_entries(conn, group, stream_id, offset, written_at)
         self._remember_end(stream_id, offset + len(values), (workflow_id, key))  # (once committed)
         return offset
 
@@ -926,9 +927,9 @@ class SQLiteStorage:
         position: int,
         attempt: int,
         executor_id: str,
-        checkpoint: StepRow | None,
+        written_at: float | None,
     ) -> int | None:
-        """Insert one value (and ``checkpoint``) at the remembered end of a stream this process
+        """Insert one value at the remembered end of a stream this process
         appended to; its offset, or None (nothing written) when the slow path must decide: nothing
         remembered, a stale offset (refused by the key: another process appended, or the stream was
         closed), or a refusal of the fence (which also checks that the stream is still the
@@ -937,15 +938,13 @@ class SQLiteStorage:
         offset = -1 if stream_id is None else self._next_offsets.get(stream_id, -1)
         if offset < 0:
             return None
-        params = (offset, *value, position, attempt, stream_id, workflow_id, executor_id, *(checkpoint or ()))
+        params = (offset, *value, position, attempt, written_at, stream_id, workflow_id, executor_id)
         with self._write_lock:
             conn = self._writer()
             try:
-                conn.execute(_APPEND_REMEMBERED if checkpoint is None else _APPEND_CHECKPOINTED, params)
-                appended = conn.changes() == 1  # (of the last insert: the checkpoint's, made only after the entry's)
+                conn.execute(_APPEND_REMEMBERED, params)
+                appended = conn.changes() == 1
             except BaseException as exc:
-                if not conn.get_autocommit():  # (stopped inside _APPEND_CHECKPOINTED's transaction)
-                    conn.execute("ROLLBACK")
                 if not isinstance(exc, apsw.ConstraintError):
                     if isinstance(exc, apsw.Error):
                         raise self._database_error(f"append to stream {key!r} of {workflow_id!r}", exc) from exc
@@ -1016,7 +1015,7 @@ class SQLiteStorage:
             appended = not last or last[0][1] != END_OF_STREAM
             if appended:
                 offset = last[0][0] + 1 if last else 0
-                conn.execute(_INSERT_ENTRY, (stream_id, offset, *row[2:6]))
+                conn.execute(_INSERT_ENTRY, (stream_id, offset, *row[2:6], None))
             conn.execute("COMMIT")
         except BaseException as exc:
             if not conn.get_autocommit():
@@ -2068,23 +2067,24 @@ _READ_STATE = f"SELECT {_STATE_COLUMNS} FROM workflows WHERE workflow_id = ?"
 _READ_VALUES = "SELECT encoding, value FROM stream_entries WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?"
 _LAST_ENTRY = "SELECT offset, encoding FROM stream_entries WHERE stream_id = ? ORDER BY offset DESC LIMIT 1"
 _INSERT_ENTRY = (
-    "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt, written_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_ENTRY_WHILE_OWNED = (
     f"INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
     f"SELECT ?, ?, ?, ?, ?, ? {_WHILE_OWNED}"
 )
 # One value at a remembered offset, fenced on the run and on the stream still being the workflow's
-# (a stream id is never reused, but a deleted workflow's id may be); with a checkpoint, its step record
-# in the same transaction, inserted only if the value was (one call: see `append_stream`).
+# (a stream id is never reused, but a deleted workflow's id may be); see `append_stream`.
 _APPEND_REMEMBERED = (
-    "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
-    "SELECT s.stream_id, ?, ?, ?, ?, ? FROM streams s WHERE s.stream_id = ? AND s.workflow_id = ? AND EXISTS "
+    "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt, written_at) "
+    "SELECT s.stream_id, ?, ?, ?, ?, ?, ? FROM streams s WHERE s.stream_id = ? AND s.workflow_id = ? AND EXISTS "
     "(SELECT 1 FROM workflows w WHERE w.workflow_id = s.workflow_id AND w.status = 'PENDING' AND w.executor_id = ?)"
 )
-_APPEND_CHECKPOINTED = (
-    f"BEGIN IMMEDIATE; {_APPEND_REMEMBERED}; "
-    f"INSERT INTO steps ({_STEP_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1; COMMIT"
+_ENTRY_CHECKPOINTS = ENTRY_CHECKPOINTS.format(mark="?")
+_BODY_WRITES = (
+    "SELECT e.position, s.key, e.written_at FROM stream_entries e JOIN streams s ON s.stream_id = e.stream_id "
+    "WHERE s.workflow_id = ? AND e.written_at IS NOT NULL"
 )
 # Changes of a workflow's status, events and messages are numbered by triggers (see the schema).
 _BUMP = "INSERT INTO workflow_changes (workflow_id) VALUES (?)"
@@ -2138,12 +2138,13 @@ def _open_stream(conn: apsw.Connection, workflow_id: str, key: str) -> tuple[int
     return conn.last_insert_rowid(), 0, OPEN
 
 
-def _insert_entries(conn: apsw.Connection, group: StreamGroup, stream_id: int, offset: int) -> None:
+def _insert_entries(
+    conn: apsw.Connection, group: StreamGroup, stream_id: int, offset: int, written_at: float | None = None
+) -> None:
     position, attempt = group.position, group.attempt
-    conn.executemany(
-        _INSERT_ENTRY,
-        [(stream_id, at, enc, data, position, attempt) for at, (enc, data) in enumerate(group.values, offset)],
-    )
+    values = enumerate(group.values, offset)
+    rows = [(stream_id, at, enc, data, position, attempt, written_at) for at, (enc, data) in values]
+    conn.executemany(_INSERT_ENTRY, rows)
 
 
 def _gives_space_back(conn: apsw.Connection) -> bool:
@@ -2263,8 +2264,8 @@ def _copy_record(conn: apsw.Connection, source: str, target: str, before: int) -
     for stream_id, key in streams:
         conn.execute("INSERT INTO streams (workflow_id, key) VALUES (?, ?)", (target, key))
         conn.execute(
-            "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt) "
-            "SELECT ?, row_number() OVER (ORDER BY offset) - 1, encoding, value, position, attempt "
+            "INSERT INTO stream_entries (stream_id, offset, encoding, value, position, attempt, written_at) "
+            "SELECT ?, row_number() OVER (ORDER BY offset) - 1, encoding, value, position, attempt, written_at "
             "FROM stream_entries WHERE stream_id = ? AND encoding != ? AND position >= 0 AND position < ?",
             (conn.last_insert_rowid(), stream_id, END_OF_STREAM, before),
         )
