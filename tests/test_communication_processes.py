@@ -419,12 +419,11 @@ def test_a_fork_run_in_other_processes_across_a_kill_equals_the_original(db, log
 
     holder = start(children, "comm_fork.py", db, log.path, "serve", "forked", "3.1")
     wait_for_lines(log, "ready ", holder)  # launched: it takes the fork as soon as it exists
-    forked_at = time.monotonic()
     with litedur.SetWorkflowID("forked"):
         handle = client.fork_workflow("orig", FORK_FROM)
     assert handle.workflow_id == "forked"
-    wait_until(lambda: client.get_status("forked").executor_id is not None)
-    assert time.monotonic() - forked_at < 1.0  # taken at once (woken, not by its 2 s recovery round)
+    # Taken because the fork woke it: the holder's periodic recovery round is an hour (comm_fork.py).
+    wait_until(lambda: client.get_status("forked").executor_id is not None, timeout=30)
     wait_for_lines(log, "held ", holder)  # stage 3 of the fork wrote one value
     sigkill(holder)
     relaunch = start(children, "comm_fork.py", db, log.path, "serve", "forked")

@@ -5,7 +5,9 @@
                                            exists (the test forks it from another process) and for
                                            its end. With HOLD = "I.J", stage I blocks for ever before
                                            writing its value J (after logging ``held PID``): the test
-                                           SIGKILLs the process there.
+                                           SIGKILLs the process there; that process looks for
+                                           work without an executor only when woken (its
+                                           periodic recovery round is an hour).
 
 The workflow "pipeline" runs STAGES steps; stage i logs ``stage I PID FROM`` (FROM: what
 ``already_written`` returned, which it skips), writes PER values "i.j:acc" to the stream "out" and
@@ -30,6 +32,8 @@ db, log_path, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 log = SideEffectLog(log_path)
 hold_at = tuple(int(x) for x in sys.argv[5].split(".")) if len(sys.argv) > 5 else None
 app = litedur.Engine(db)
+if hold_at is not None:  # the fork must be taken by a wake-up: this process's recovery round is an hour
+    litedur.engine.RECOVERY_INTERVAL = 3600.0
 
 
 @app.step()
