@@ -108,6 +108,7 @@ from .records import (
     CLOSED_BY_WORKFLOW,
     END_OF_STREAM,
     OPEN,
+    RESUMABLE_STATUSES,
     SET_EVENT_STEP,
     STREAM_DELETED,
     EntryRow,
@@ -518,6 +519,7 @@ _READ_VALUES = (
     'SELECT encoding, value FROM stream_entries WHERE stream_id = %s AND "offset" >= %s ORDER BY "offset" LIMIT %s'
 )
 _FINAL_LIST = "('SUCCESS', 'ERROR', 'CANCELLED', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')"
+_RESUMABLE_LIST = f"({', '.join(repr(status) for status in RESUMABLE_STATUSES)})"
 _COLLECTABLE = (
     f"SELECT workflow_id FROM workflows w WHERE status IN {_FINAL_LIST} AND updated_at < %s AND NOT EXISTS "
     "(SELECT 1 FROM workflows p WHERE p.workflow_id = w.parent_id AND p.status IN ('PENDING', 'ENQUEUED')) "
@@ -2255,32 +2257,34 @@ def _resume(tx: _Tx, workflow_id: str) -> list[str]:
     ]
     _refuse_taken_deduplication(tx, resumed)
     now = time.time()
+    resumed = [target for target in resumed if _reactivate(tx, target, now)]
     for target in resumed:
-        _reactivate(tx, target, now)
         _reopen_terminated_streams(tx, target)
     tx.bump(ANY_UNOWNED)
     return resumed
 
 
-def _reactivate(tx: _Tx, workflow_id: str, now: float) -> None:
-    """Make one resumed workflow PENDING (ENQUEUED if queued). An enqueue that took its deduplication
-    id after the check committed first: refused as the check refuses it, naming that workflow."""
+def _reactivate(tx: _Tx, workflow_id: str, now: float) -> bool:
+    """Make one resumed workflow PENDING (ENQUEUED if queued), if it is still resumable (a descendant
+    is not locked: another resume may have taken it meanwhile); whether it was. An enqueue that took
+    its deduplication id after the check committed first: refused as the check refuses it, naming
+    that workflow."""
     update = (
         "UPDATE workflows SET executor_id = NULL, recovery_attempts = 0, "
         "status = CASE WHEN queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END, "
         "cancel_reason = NULL, deadline = NULL, output_encoding = NULL, output = NULL, error = NULL, "
-        "error_pickle = NULL, updated_at = %s WHERE workflow_id = %s"
+        f"error_pickle = NULL, updated_at = %s WHERE workflow_id = %s AND status IN {_RESUMABLE_LIST}"
     )
     while True:
         tx.execute("SAVEPOINT reactivate")
         try:
-            tx.execute(update, (now, workflow_id))
+            changed = tx.changed(update, (now, workflow_id))
         except pg_errors.UniqueViolation:
             tx.execute("ROLLBACK TO SAVEPOINT reactivate")
             _refuse_taken_deduplication(tx, [workflow_id])  # a new statement: sees that enqueue
             continue  # its holder ended meanwhile: the id is free again
         tx.execute("RELEASE SAVEPOINT reactivate")
-        return
+        return changed > 0
 
 
 def _refuse_taken_deduplication(tx: _Tx, workflow_ids: list[str]) -> None:
