@@ -4,8 +4,9 @@
 
 Each round runs every selected workload once; the suite runs ``--repeat`` rounds (default 3; ``--quick``:
 one round at tiny sizes, a smoke test for CI that asserts no speed) and prints, per figure, the min, median
-and max over the rounds and, for throughputs, the ratio of the median to the median raw-apsw one-row
-commit rate at the same durability (the machine is noisy: the ratios are the figures that count). Then it
+and max over the rounds and, for throughputs, the ratio to the raw-apsw one-row commit rate at the same
+durability: the median of each round's ratio, as for every figure with a baseline (the machine is noisy:
+the ratios are the figures that count, and pairing them by round keeps a busy stretch off one side). Then it
 prints the same table as Markdown, with the machine it ran on, to paste into the README.
 
 Workloads (ids for ``--only``; RAW always runs, the ratios need it):
@@ -201,9 +202,16 @@ def median(samples: list[float]) -> float | None:
 
 
 def ratio_of(row: Row, rows: dict[str, Row]) -> float | None:
+    """The figure against its baseline: the median of each round's ratio (a round measures both, so a
+    slower or busier stretch of the run weighs on both sides alike), or, when they were not measured
+    in the same rounds, the ratio of the medians."""
     base = rows.get(row.vs) if row.vs else None
-    value, reference = median(row.samples), median(base.samples) if base else None
-    return None if value is None or not reference else value / reference
+    if base is None or not row.samples or not base.samples:
+        return None
+    if len(row.samples) == len(base.samples) and all(base.samples):
+        return median([value / reference for value, reference in zip(row.samples, base.samples, strict=True)])
+    reference = median(base.samples)
+    return median(row.samples) / reference if reference else None
 
 
 def judge(target: Target, measured: float | None) -> str:

@@ -215,9 +215,10 @@ class Parsed:
     bad: str | None = None  # what could not be decoded
 
 
-def parse_response(segments: list[tuple[float, bytes]]) -> Parsed:
+def parse_response(segments: list[tuple[float, bytes]], values: bool = True) -> Parsed:
     """Decode one SSE response from its received pieces ``(time, bytes)``. An event's time is that of the
-    piece holding the last byte of the chunk that completed it."""
+    piece holding the last byte of the chunk that completed it. ``values=False`` skips the data events'
+    values (counted, not decoded): enough to learn where to resume."""
     out = Parsed()
     raw = b"".join(data for _, data in segments)
     ends = list(accumulate(len(data) for _, data in segments))
@@ -259,14 +260,14 @@ def parse_response(segments: list[tuple[float, bytes]]) -> Parsed:
         while (cut := pending.find(b"\n\n")) >= 0:
             block, pending = pending[:cut], pending[cut + 2 :]
             try:
-                _event(out, block, at)
+                _event(out, block, at, values)
             except (ValueError, KeyError, TypeError) as exc:
                 out.bad = f"undecodable event {block[:80]!r}: {exc}"
                 return out
     return out
 
 
-def _event(out: Parsed, block: bytes, at: float) -> None:
+def _event(out: Parsed, block: bytes, at: float, values: bool = True) -> None:
     kind, data = "message", []
     for line in block.split(b"\n"):
         if line.startswith(b":"):
@@ -282,7 +283,7 @@ def _event(out: Parsed, block: bytes, at: float) -> None:
     text = b"\n".join(data)
     if kind == "data":
         out.data_events += 1
-        for value in json.loads(text):
+        for value in json.loads(text) if values else ():
             out.values.append((value["i"], value["t"], at))
     elif kind == "control":
         control = json.loads(text)
@@ -319,13 +320,15 @@ class Reader:
 
     def connection_ended(self, connection: Connection, exc: Exception | None) -> None:
         """A response ended: done if it ended with the stream's close (it is decoded after the run), else
-        decoded now for its last offset, and the client reconnects from there."""
+        its control events are decoded now for its last offset (its values after the run, so that 1,000
+        responses ending together at the SSE lifetime do not hold up this loop), and the client
+        reconnects from there."""
         self.responses.append(connection.segments)
         end = b"".join(data for _, data in connection.segments[-4:])[-2048:]
         if end.endswith(b"0\r\n\r\n") and b'"streamClosed":true' in end:
             return self.finish(None)
         started = time.thread_time()
-        parsed = parse_response(connection.segments)
+        parsed = parse_response(connection.segments, values=False)
         self.bench.early_parse_cpu += time.thread_time() - started
         if parsed.offset is not None:
             self.offset = parsed.offset

@@ -638,10 +638,13 @@ def _refuse_missing(outcome: str, path: str) -> None:
 # ---- reads: catch-up, long-poll, SSE -------------------------------------------------------------
 
 
+SSE_LIFETIME_SPREAD = 0.2  # an SSE response lives 80-100% of its sse_lifetime (see _sse_events)
+
+
 @dataclass
 class ReadOptions:
     long_poll_timeout: float = 20.0
-    sse_lifetime: float = 60.0  # an SSE response ends after this; the client reconnects from its offset
+    sse_lifetime: float = 60.0  # an SSE response ends by this; the client reconnects from its offset
     keepalive: float = 15.0  # an idle SSE response sends a comment this often (and so notices a gone client)
     private: bool = False  # Cache-Control "private" instead of "public" (a token guards the server)
 
@@ -730,8 +733,10 @@ def _sse_response(view: StreamView, offset: str, cursor: str | None, options: Re
 
 def _sse_events(view: StreamView, offset: str, cursor: str | None, binary: bool, options: ReadOptions) -> Events:
     """Data events each followed by a control event, then, once caught up, a control event with
-    ``upToDate``; then it waits, and ends when the stream closes or after ``sse_lifetime``."""
-    ends = time.monotonic() + options.sse_lifetime
+    ``upToDate``; then it waits, and ends when the stream closes or after its lifetime: between 80%
+    and all of ``sse_lifetime``, drawn at random, so that clients who connected together (after a
+    restart, say) do not all come back at the same moment."""
+    ends = time.monotonic() + options.sse_lifetime * (1 - SSE_LIFETIME_SPREAD * random.random())
     announced = False  # a control event said "up to date" at this offset
     try:
         while True:
@@ -746,8 +751,8 @@ def _sse_events(view: StreamView, offset: str, cursor: str | None, binary: bool,
             now = time.monotonic()
             if now >= ends:
                 return
-            if not (yield Pause(view, min(now + options.keepalive, ends))):
-                yield b": keep-alive\n\n"
+            if not (yield Pause(view, min(now + options.keepalive, ends))) and time.monotonic() < ends:
+                yield b": keep-alive\n\n"  # (none as the response ends: it ends at once)
     except (HttpError, WorkflowNotFoundError, DatabaseError) as exc:
         # The stream went, or the server is closing: the client reconnects and learns which.
         logger.debug("an SSE response ends: %s", exc)

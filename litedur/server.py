@@ -88,7 +88,8 @@ class Server:
 
     ``token``: None takes ``$LITEDUR_TOKEN`` if set. ``create``: create the database file if missing
     (else a missing file is an error). ``long_poll_timeout``: seconds a long-poll waits before its
-    204. ``sse_lifetime``: seconds after which an SSE response ends (the client reconnects).
+    204. ``sse_lifetime``: seconds by which an SSE response ends (the client reconnects); each lives
+    80-100% of it, drawn at random, so clients who connected together come back spread out.
     """
 
     def __init__(

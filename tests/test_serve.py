@@ -227,6 +227,24 @@ def test_sse_sends_what_exists_then_live_values_then_ends_when_the_stream_closes
         reader.close()
 
 
+def test_an_sse_response_ends_within_its_lifetime_at_a_random_moment_with_its_offset(served):
+    server = served(sse_lifetime=1.0)
+    tail = call(server, "PUT", "/v1/stream/idle", Content_Type="text/plain").offset
+    lived = []
+    for _ in range(5):
+        opened = time.monotonic()
+        reader = SSE(server, f"/v1/stream/idle?offset={tail}&live=sse")
+        try:
+            kind, control = reader.next_event()
+            assert kind == "control" and json.loads(control)["streamNextOffset"] == tail
+            assert reader.ended()  # no value comes: the response ends at its lifetime, not the stream's
+            lived.append(time.monotonic() - opened)
+        finally:
+            reader.close()
+    assert all(0.75 <= seconds < 1.0 + TIMEOUT for seconds in lived), lived  # 80-100% of 1 s, plus slack
+    assert len({round(seconds, 3) for seconds in lived}) > 1, lived  # drawn at random: not all alike
+
+
 def test_a_restarted_server_has_lost_nothing(served, tmp_path):
     path = tmp_path / "durable.db"
     first = served(path)
