@@ -543,7 +543,7 @@ class Litedur:
         return self.run.w3(self.ctx)[0].value
 
     def w4(self) -> float:
-        return self.run.w4(self.ctx)[0].value
+        return self.run.one_step_rate(self.ctx.db("w4"), self.ctx.durability, self.ctx.size("w4"))
 
     def w5(self) -> float:
         return self.run.w5(self.ctx)[0].value
