@@ -58,6 +58,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import litedur
+from litedur.http_streams import value_json as encode  # the same JSON of a value as litedur's server
 from litedur.storage import open_storage  # only to create the file for --create, as `litedur serve` does
 
 WORKFLOWS = "/v1/stream/workflows/"
@@ -82,23 +83,6 @@ ENDS = (litedur.DatabaseError, litedur.WorkflowNotFoundError)  # a response ends
 
 logger = logging.getLogger("asgi_server")
 client: litedur.Client  # set in main()
-
-
-def encode(value: Any) -> bytes:
-    """A value as one line of compact JSON (a pickled one: ``{"$pickled": "module.Type"}``)."""
-    try:
-        return _encoder.encode(value).encode()
-    except ValueError:
-        return json.dumps(repr(value), ensure_ascii=False).encode()
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, litedur.Pickled):
-        return {"$pickled": value.type_name}
-    return list(value) if isinstance(value, (set, frozenset)) else repr(value)
-
-
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_default)
 
 
 def offset_text(n: int) -> str:

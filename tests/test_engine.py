@@ -674,21 +674,31 @@ def define_writer(app, log, crash: bool):
     return writer
 
 
-def test_a_body_write_is_one_stream_entry_that_is_its_own_checkpoint(db, log, engines):
+def crash_writer(db, log, engines, workflow_id: str) -> None:
+    """Run the writer until its crash: two body writes and a step recorded, the third write not."""
     first = engines(db, executor_id="first")
     writer = define_writer(first, log, crash=True)
-    with litedur.SetWorkflowID("bw"), pytest.raises(Crash):
+    with litedur.SetWorkflowID(workflow_id), pytest.raises(Crash):
         writer()
     first.shutdown()
+
+
+def recover_writer(db, log, engines, workflow_id: str) -> litedur.Engine:
+    second = engines(db, executor_id="second")
+    define_writer(second, log, crash=False)
+    second.launch()
+    assert second.retrieve_workflow(workflow_id).get_result(timeout=20) == "written"
+    assert list(second.read_stream(workflow_id, "out")) == ["a", "b", "c"]  # replayed writes not repeated
+    return second
+
+
+def test_a_body_write_is_one_stream_entry_that_is_its_own_checkpoint(db, log, engines):
+    crash_writer(db, log, engines, "bw")
     if on_sqlite(db):  # no step row for a body write: the entry records when it was written
         assert raw_rows(db, "SELECT position, name FROM steps") == [(1, "middle")]
         assert raw_rows(db, "SELECT count(*) FROM stream_entries WHERE written_at IS NOT NULL") == [(2,)]
 
-    second = engines(db, executor_id="second")
-    define_writer(second, log, crash=False)
-    second.launch()
-    assert second.retrieve_workflow("bw").get_result(timeout=20) == "written"
-    assert list(second.read_stream("bw", "out")) == ["a", "b", "c"]  # replayed writes not repeated
+    second = recover_writer(db, log, engines, "bw")
     assert log.lines() == ["middle"]
     steps = second.list_steps("bw")
     assert [(s.position, s.name, s.attempts) for s in steps] == [
@@ -707,11 +717,7 @@ def test_a_body_write_is_one_stream_entry_that_is_its_own_checkpoint(db, log, en
 
 @pytest.mark.sqlite_only
 def test_a_body_write_recorded_as_a_step_row_by_schema_version_7_still_replays(db, log, engines):
-    first = engines(db, executor_id="first")
-    writer = define_writer(first, log, crash=True)
-    with litedur.SetWorkflowID("old"), pytest.raises(Crash):
-        writer()
-    first.shutdown()
+    crash_writer(db, log, engines, "old")
     conn = apsw.Connection(db)  # rewrite the record as version 7 kept it: a step row per body write
     with conn:
         for position, written_at in conn.execute("SELECT position, written_at FROM stream_entries").fetchall():
@@ -723,11 +729,7 @@ def test_a_body_write_recorded_as_a_step_row_by_schema_version_7_still_replays(d
         conn.execute("PRAGMA user_version = 7")
     conn.close()
 
-    second = engines(db, executor_id="second")
-    define_writer(second, log, crash=False)
-    second.launch()
-    assert second.retrieve_workflow("old").get_result(timeout=20) == "written"
-    assert list(second.read_stream("old", "out")) == ["a", "b", "c"]
+    second = recover_writer(db, log, engines, "old")
     assert [s.name for s in second.list_steps("old")] == ["litedur.write_stream:out", "middle"] + [
         "litedur.write_stream:out"
     ] * 2
