@@ -736,6 +736,70 @@ def test_a_body_write_recorded_as_a_step_row_by_schema_version_7_still_replays(d
     assert raw_rows(db, "SELECT count(*) FROM steps WHERE name LIKE 'litedur.write_stream:%'") == [(2,)]
 
 
+@pytest.mark.sqlite_only
+def test_a_file_is_not_upgraded_past_version_7_while_a_process_of_an_older_litedur_runs_on_it(db):
+    conn = apsw.Connection(db)  # a version-7 file with an executor that is alive (its lock held here)
+    list(conn.execute("PRAGMA journal_mode = WAL"))
+    for migration in litedur.storage.sqlite.MIGRATIONS[:7]:
+        list(conn.execute(migration))
+    conn.execute(f"PRAGMA application_id = {litedur.storage.sqlite.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 7")
+    conn.execute("INSERT INTO executors VALUES ('older', 4242, 'box', 0), ('gone', 4343, 'box', 0)")
+    older = litedur.liveness.ExecutorLock(db, "older")
+    try:
+        with pytest.raises(litedur.DatabaseError) as info:
+            litedur.Engine(db)
+        message = str(info.value)
+        assert db in message and "'older' (pid 4242 on box)" in message and "Stop them" in message
+        assert "gone" not in message  # (its process is dead: nothing holds its lock)
+        assert conn.execute("PRAGMA user_version").fetchall() == [(7,)]  # left as it was
+    finally:
+        older.release()
+    with litedur.Client(db) as client:  # once it has stopped, the file is upgraded
+        assert client.info()["schema_version"] == litedur.storage.SCHEMA_VERSION
+    conn.close()
+
+
+def test_a_body_write_where_a_dead_step_attempt_wrote_to_another_stream_replays(db, engines):
+    """An edit of the code made position 0, where a step died mid-attempt writing to "z", a body write
+    to "a": the checkpoint is the body write's, whatever stream names sort first."""
+    first = engines(db, executor_id="first")
+
+    @first.step(name="dies")
+    def dies():
+        first.write_stream("z", "from a step attempt")
+        raise Crash()
+
+    @first.workflow(name="edited")
+    def before_the_edit():
+        return dies()
+
+    with litedur.SetWorkflowID("edited"), pytest.raises(Crash):
+        before_the_edit()
+    first.shutdown()
+
+    def after_the_edit(app, crash: bool):
+        @app.workflow(name="edited")
+        def edited():
+            app.write_stream("a", "body write")
+            if crash:
+                raise Crash()
+            return "edited"
+
+        return edited
+
+    second = engines(db, executor_id="second")
+    with litedur.SetWorkflowID("edited"), pytest.raises(Crash):
+        after_the_edit(second, crash=True)()
+    second.shutdown()
+    third = engines(db, executor_id="third")
+    after_the_edit(third, crash=False)
+    third.launch()
+    assert third.retrieve_workflow("edited").get_result(timeout=20) == "edited"
+    assert list(third.read_stream("edited", "a")) == ["body write"]
+    assert [s.name for s in third.list_steps("edited")] == ["litedur.write_stream:a"]
+
+
 # ---- introspection ------------------------------------------------------------------------------------
 
 

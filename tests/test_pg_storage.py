@@ -172,6 +172,27 @@ def test_an_older_schema_is_migrated(pg_url: str, pg_server_url: str) -> None:
         each.close()
 
 
+def test_a_schema_is_not_upgraded_past_version_2_while_a_process_of_an_older_litedur_runs(
+    pg_url: str, pg_server_url: str
+) -> None:
+    opened = PostgresStorage(pg_url)
+    older = opened.executor_lock("older")  # alive: its session holds the lock
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:  # back to version 2, as the older one ran it
+        conn.execute(f"ALTER TABLE {opened.schema}.stream_entries DROP COLUMN written_at")
+        conn.execute(f"UPDATE {opened.schema}.litedur_meta SET version = 2")
+        conn.execute(f"INSERT INTO {opened.schema}.executors VALUES ('older', 4242, 'box', 0)")
+    try:
+        with pytest.raises(DatabaseError, match=r"'older' \(pid 4242 on box\).*Stop them"):
+            PostgresStorage(pg_url)
+        assert opened.schema_version() == 2
+    finally:
+        older.release()
+    upgraded = PostgresStorage(pg_url)
+    assert upgraded.schema_version() == SCHEMA_VERSION
+    for each in (opened, upgraded):
+        each.close()
+
+
 def test_unreachable_server_is_a_database_error() -> None:
     with pytest.raises(DatabaseError, match="cannot connect"):
         PostgresStorage("postgresql://nobody@/nowhere?host=/nonexistent-dir&connect_timeout=2")

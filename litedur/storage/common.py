@@ -72,6 +72,22 @@ def newer_schema_error(where: str, version: int, supported: int) -> DatabaseErro
     )
 
 
+def check_no_older_executors(
+    where: str, version: int, first_changed: int, supported: int, running: list[tuple[str, int, str]]
+) -> None:
+    """Refuse to upgrade a database from ``version`` past ``first_changed`` (a migration that changes
+    what existing rows mean, which an older litedur would misread: it would write again the body
+    writes it replays) while ``running`` executors ``(id, pid, host)`` of the older litedur live."""
+    if not running or not 0 < version < first_changed <= supported:
+        return
+    named = ", ".join(f"{executor_id!r} (pid {pid} on {host})" for executor_id, pid, host in running)
+    raise DatabaseError(
+        f"{where} needs a schema upgrade from version {version} to {supported}, which changes how a workflow "
+        f"body's stream writes are recorded, and processes of an older litedur still run on it: {named}. "
+        "Stop them, then open the database again"
+    )
+
+
 def id_being_removed_error(what: str) -> WorkflowConflictError:
     """The refusal of a new workflow whose id a deleted workflow's rows still hold."""
     return WorkflowConflictError(
@@ -123,10 +139,12 @@ def final_values(
 
 # ---- steps --------------------------------------------------------------------------------------
 
-# Per position of a workflow's stream entries: (position, highest attempt, written_at, key). A body
-# write's entry has a written_at; it is alone at its position (see `Storage.append_stream`).
+# Per position of a workflow's stream entries: (position, highest attempt, written_at, key), the last
+# two those of the body write there, if any (an attempt of a step that died there, before an edit of
+# the code made the position a body write, may have left entries in other streams).
 ENTRY_CHECKPOINTS = (
-    "SELECT e.position, max(e.attempt), max(e.written_at), max(s.key) FROM stream_entries e "
+    "SELECT e.position, max(e.attempt), max(e.written_at), "
+    "max(CASE WHEN e.written_at IS NOT NULL THEN s.key END) FROM stream_entries e "
     "JOIN streams s ON s.stream_id = e.stream_id WHERE s.workflow_id = {mark} AND e.position >= 0 "
     "GROUP BY e.position"
 )

@@ -71,6 +71,7 @@ from .common import (
     body_write_step,
     check_can_receive,
     check_durability,
+    check_no_older_executors,
     check_resumable,
     check_same_name,
     checkpoints_with_body_writes,
@@ -108,7 +109,6 @@ from .records import (
     CLOSED_BY_WORKFLOW,
     END_OF_STREAM,
     OPEN,
-    RESUMABLE_STATUSES,
     SET_EVENT_STEP,
     STREAM_DELETED,
     EntryRow,
@@ -491,6 +491,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+BODY_WRITES_IN_ENTRIES = 3  # older processes must not run on a schema upgraded to this (see _migrate)
 
 _WORKFLOW_COLUMNS = ", ".join(WorkflowRow._fields)
 _STEP_COLUMNS = ", ".join(StepRow._fields)
@@ -519,7 +520,6 @@ _READ_VALUES = (
     'SELECT encoding, value FROM stream_entries WHERE stream_id = %s AND "offset" >= %s ORDER BY "offset" LIMIT %s'
 )
 _FINAL_LIST = "('SUCCESS', 'ERROR', 'CANCELLED', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')"
-_RESUMABLE_LIST = f"({', '.join(repr(status) for status in RESUMABLE_STATUSES)})"
 _COLLECTABLE = (
     f"SELECT workflow_id FROM workflows w WHERE status IN {_FINAL_LIST} AND updated_at < %s AND NOT EXISTS "
     "(SELECT 1 FROM workflows p WHERE p.workflow_id = w.parent_id AND p.status IN ('PENDING', 'ENQUEUED')) "
@@ -1009,6 +1009,9 @@ class PostgresStorage:
             raise DatabaseError(
                 f"schema {self.schema!r} of {self._location} holds tables of another application, not litedur"
             )
+        running = tx.rows("SELECT executor_id, pid, hostname FROM executors") if version else []
+        live = [tuple(row) for row in running if self.executor_alive(row[0])]
+        check_no_older_executors(self._location, version, BODY_WRITES_IN_ENTRIES, SCHEMA_VERSION, live)
         for number in range(version + 1, SCHEMA_VERSION + 1):
             tx.execute(self._render(MIGRATIONS[number - 1]))
         tx.execute(
@@ -2257,28 +2260,31 @@ def _resume(tx: _Tx, workflow_id: str) -> list[str]:
     ]
     _refuse_taken_deduplication(tx, resumed)
     now = time.time()
-    resumed = [target for target in resumed if _reactivate(tx, target, now)]
+    _reactivate(tx, workflow_id, now)  # (locked and checked above)
+    resumed = [workflow_id] + [target for target in resumed[1:] if _reactivate(tx, target, now, cascaded=True)]
     for target in resumed:
         _reopen_terminated_streams(tx, target)
     tx.bump(ANY_UNOWNED)
     return resumed
 
 
-def _reactivate(tx: _Tx, workflow_id: str, now: float) -> bool:
-    """Make one resumed workflow PENDING (ENQUEUED if queued), if it is still resumable (a descendant
-    is not locked: another resume may have taken it meanwhile); whether it was. An enqueue that took
-    its deduplication id after the check committed first: refused as the check refuses it, naming
-    that workflow."""
+def _reactivate(tx: _Tx, workflow_id: str, now: float, cascaded: bool = False) -> bool:
+    """Make one resumed workflow PENDING (ENQUEUED if queued); whether it was. A descendant
+    (``cascaded``) is not locked: it is made so only if it is still cancelled with its parent (another
+    resume, or a cancel of its own, may have come meanwhile). An enqueue that took its deduplication
+    id after the check committed first: refused as the check refuses it, naming that workflow."""
+    still = " AND status = 'CANCELLED' AND starts_with(cancel_reason, %s)" if cascaded else ""
     update = (
         "UPDATE workflows SET executor_id = NULL, recovery_attempts = 0, "
         "status = CASE WHEN queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END, "
         "cancel_reason = NULL, deadline = NULL, output_encoding = NULL, output = NULL, error = NULL, "
-        f"error_pickle = NULL, updated_at = %s WHERE workflow_id = %s AND status IN {_RESUMABLE_LIST}"
+        f"error_pickle = NULL, updated_at = %s WHERE workflow_id = %s{still}"
     )
+    params = (now, workflow_id, f"{CASCADE_REASON} ") if cascaded else (now, workflow_id)
     while True:
         tx.execute("SAVEPOINT reactivate")
         try:
-            changed = tx.changed(update, (now, workflow_id))
+            changed = tx.changed(update, params)
         except pg_errors.UniqueViolation:
             tx.execute("ROLLBACK TO SAVEPOINT reactivate")
             _refuse_taken_deduplication(tx, [workflow_id])  # a new statement: sees that enqueue

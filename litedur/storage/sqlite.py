@@ -36,6 +36,7 @@ from .common import (
     body_write_step,
     check_can_receive,
     check_durability,
+    check_no_older_executors,
     check_resumable,
     check_same_name,
     checkpoints_with_body_writes,
@@ -346,6 +347,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)  # a migration appended to the list is the next version
+BODY_WRITES_IN_ENTRIES = 8  # older processes must not run on a file upgraded to this (see _prepare_schema)
 
 
 _WORKFLOW_COLUMNS = ", ".join(WorkflowRow._fields)
@@ -626,6 +628,9 @@ class SQLiteStorage:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version, _, _ = self._inspect(conn)
+            running = conn.execute("SELECT executor_id, pid, hostname FROM executors").fetchall() if version else []
+            live = [row for row in running if liveness.is_alive(self.path, row[0])]
+            check_no_older_executors(self.path, version, BODY_WRITES_IN_ENTRIES, SCHEMA_VERSION, live)
             for number in range(version + 1, SCHEMA_VERSION + 1):
                 list(conn.execute(MIGRATIONS[number - 1]))
             list(conn.execute(f"PRAGMA application_id = {APPLICATION_ID}"))
