@@ -852,13 +852,13 @@ def one_step_rate(path: str, durability: str, count: int, how: str = "start") ->
         started = time.perf_counter()
         if how == "direct":
             results = [one_step(i) for i in range(count)]
-            return count / (time.perf_counter() - started)
-        if queue is not None:
-            handles = [queue.enqueue(one_step, i) for i in range(count)]
         else:
-            workflow = one_step_async if how == "async" else one_step
-            handles = [app.start_workflow(workflow, i) for i in range(count)]
-        results = [handle.get_result(timeout=120) for handle in handles]
+            if queue is not None:
+                handles = [queue.enqueue(one_step, i) for i in range(count)]
+            else:
+                workflow = one_step_async if how == "async" else one_step
+                handles = [app.start_workflow(workflow, i) for i in range(count)]
+            results = [handle.get_result(timeout=120) for handle in handles]
         rate = count / (time.perf_counter() - started)
     if results != list(range(count)):
         raise RuntimeError(f"{how}: the one-step workflows did not return their inputs")

@@ -72,13 +72,11 @@ def newer_schema_error(where: str, version: int, supported: int) -> DatabaseErro
     )
 
 
-def check_no_older_executors(
-    where: str, version: int, first_changed: int, supported: int, running: list[tuple[str, int, str]]
-) -> None:
-    """Refuse to upgrade a database from ``version`` past ``first_changed`` (a migration that changes
-    what existing rows mean, which an older litedur would misread: it would write again the body
-    writes it replays) while ``running`` executors ``(id, pid, host)`` of the older litedur live."""
-    if not running or not 0 < version < first_changed <= supported:
+def refuse_older_executors(where: str, version: int, supported: int, running: list[tuple[str, int, str]]) -> None:
+    """Refuse an upgrade from ``version`` past the migration that made body writes their own
+    checkpoints (an older litedur would not see them and would write again the body writes it
+    replays) while ``running`` executors ``(id, pid, host)`` of the older litedur are alive."""
+    if not running:
         return
     named = ", ".join(f"{executor_id!r} (pid {pid} on {host})" for executor_id, pid, host in running)
     raise DatabaseError(
@@ -154,6 +152,21 @@ def body_write_step(workflow_id: str, position: int, key: str, written_at: float
     """The checkpoint of a workflow body's ``write_stream``, kept in its stream entry."""
     name = f"{WRITE_STREAM_STEP}:{key}"
     return StepRow(workflow_id, position, name, None, None, None, None, 1, written_at, written_at)
+
+
+# A workflow's body writes: (position, key, written_at).
+BODY_WRITES = (
+    "SELECT e.position, s.key, e.written_at FROM stream_entries e JOIN streams s ON s.stream_id = e.stream_id "
+    "WHERE s.workflow_id = {mark} AND e.written_at IS NOT NULL"
+)
+
+
+def steps_with_body_writes(
+    workflow_id: str, steps: list[StepRow], writes: list[tuple[int, str, float]]
+) -> list[StepRow]:
+    """`list_steps`'s answer: the step rows and the body writes (rows of BODY_WRITES), by position."""
+    steps += [body_write_step(workflow_id, *write) for write in writes]
+    return sorted(steps, key=lambda step: step.position)
 
 
 def checkpoints_with_body_writes(

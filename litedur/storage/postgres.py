@@ -64,14 +64,13 @@ from ..errors import (
     WorkflowNotFoundError,
 )
 from .common import (
+    BODY_WRITES,
     ENTRY_CHECKPOINTS,
     HttpForkPoint,
     appended_http_row,
     appended_result,
-    body_write_step,
     check_can_receive,
     check_durability,
-    check_no_older_executors,
     check_resumable,
     check_same_name,
     checkpoints_with_body_writes,
@@ -95,7 +94,9 @@ from .common import (
     new_http_stream_params,
     newer_schema_error,
     queue_overview,
+    refuse_older_executors,
     run_refusal,
+    steps_with_body_writes,
     stream_closed_error,
     stream_end,
     without_end_mark,
@@ -512,10 +513,7 @@ _INSERT_ENTRY = (
     "VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
 _ENTRY_CHECKPOINTS = ENTRY_CHECKPOINTS.format(mark="%s")
-_BODY_WRITES = (
-    "SELECT e.position, s.key, e.written_at FROM stream_entries e JOIN streams s ON s.stream_id = e.stream_id "
-    "WHERE s.workflow_id = %s AND e.written_at IS NOT NULL"
-)
+_BODY_WRITES = BODY_WRITES.format(mark="%s")
 _READ_VALUES = (
     'SELECT encoding, value FROM stream_entries WHERE stream_id = %s AND "offset" >= %s ORDER BY "offset" LIMIT %s'
 )
@@ -1009,9 +1007,10 @@ class PostgresStorage:
             raise DatabaseError(
                 f"schema {self.schema!r} of {self._location} holds tables of another application, not litedur"
             )
-        running = tx.rows("SELECT executor_id, pid, hostname FROM executors") if version else []
-        live = [tuple(row) for row in running if self.executor_alive(row[0])]
-        check_no_older_executors(self._location, version, BODY_WRITES_IN_ENTRIES, SCHEMA_VERSION, live)
+        if 0 < version < BODY_WRITES_IN_ENTRIES:
+            running = tx.rows("SELECT executor_id, pid, hostname FROM executors")
+            live = [tuple(row) for row in running if self.executor_alive(row[0])]
+            refuse_older_executors(self._location, version, SCHEMA_VERSION, live)
         for number in range(version + 1, SCHEMA_VERSION + 1):
             tx.execute(self._render(MIGRATIONS[number - 1]))
         tx.execute(
@@ -1232,8 +1231,7 @@ class PostgresStorage:
         def list_(tx: _Tx) -> list[StepRow]:
             rows = tx.rows(f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = %s", (workflow_id,))
             writes = tx.rows(_BODY_WRITES, (workflow_id,))
-            steps = [_step_row(row) for row in rows] + [body_write_step(workflow_id, *write) for write in writes]
-            return sorted(steps, key=lambda step: step.position)
+            return steps_with_body_writes(workflow_id, [_step_row(row) for row in rows], writes)
 
         return self._read(f"list steps of {workflow_id!r}", list_)
 
@@ -2244,6 +2242,10 @@ def _cancel(tx: _Tx, workflow_id: str, reason: str, if_deadline: float | None) -
     return status, cancelled
 
 
+# A descendant cancelled with its parent (and with nothing of its own since): a resume revives it.
+_CANCELLED_WITH_PARENT = "status = 'CANCELLED' AND starts_with(cancel_reason, %s)"
+
+
 def _resume(tx: _Tx, workflow_id: str) -> list[str]:
     row = tx.one("SELECT status FROM workflows WHERE workflow_id = %s FOR NO KEY UPDATE", (workflow_id,))
     if row is None:
@@ -2253,7 +2255,7 @@ def _resume(tx: _Tx, workflow_id: str) -> list[str]:
         found[0]
         for found in tx.rows(
             "WITH RECURSIVE tree(id) AS (SELECT %s::text UNION SELECT w.workflow_id FROM workflows w "
-            "JOIN tree ON w.parent_id = tree.id WHERE w.status = 'CANCELLED' AND starts_with(w.cancel_reason, %s)) "
+            f"JOIN tree ON w.parent_id = tree.id WHERE {_CANCELLED_WITH_PARENT}) "
             "SELECT id FROM tree WHERE id != %s",
             (workflow_id, f"{CASCADE_REASON} ", workflow_id),
         )
@@ -2273,7 +2275,7 @@ def _reactivate(tx: _Tx, workflow_id: str, now: float, cascaded: bool = False) -
     (``cascaded``) is not locked: it is made so only if it is still cancelled with its parent (another
     resume, or a cancel of its own, may have come meanwhile). An enqueue that took its deduplication
     id after the check committed first: refused as the check refuses it, naming that workflow."""
-    still = " AND status = 'CANCELLED' AND starts_with(cancel_reason, %s)" if cascaded else ""
+    still = f" AND {_CANCELLED_WITH_PARENT}" if cascaded else ""
     update = (
         "UPDATE workflows SET executor_id = NULL, recovery_attempts = 0, "
         "status = CASE WHEN queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END, "

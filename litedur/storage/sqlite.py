@@ -29,14 +29,13 @@ from ..errors import (
     WorkflowNotFoundError,
 )
 from .common import (
+    BODY_WRITES,
     ENTRY_CHECKPOINTS,
     HttpForkPoint,
     appended_http_row,
     appended_result,
-    body_write_step,
     check_can_receive,
     check_durability,
-    check_no_older_executors,
     check_resumable,
     check_same_name,
     checkpoints_with_body_writes,
@@ -59,7 +58,9 @@ from .common import (
     new_http_stream_params,
     newer_schema_error,
     queue_overview,
+    refuse_older_executors,
     run_refusal,
+    steps_with_body_writes,
     stream_closed_error,
     stream_end,
     without_end_mark,
@@ -628,9 +629,10 @@ class SQLiteStorage:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version, _, _ = self._inspect(conn)
-            running = conn.execute("SELECT executor_id, pid, hostname FROM executors").fetchall() if version else []
-            live = [row for row in running if liveness.is_alive(self.path, row[0])]
-            check_no_older_executors(self.path, version, BODY_WRITES_IN_ENTRIES, SCHEMA_VERSION, live)
+            if 0 < version < BODY_WRITES_IN_ENTRIES:
+                running = conn.execute("SELECT executor_id, pid, hostname FROM executors").fetchall()
+                live = [row for row in running if liveness.is_alive(self.path, row[0])]
+                refuse_older_executors(self.path, version, SCHEMA_VERSION, live)
             for number in range(version + 1, SCHEMA_VERSION + 1):
                 list(conn.execute(MIGRATIONS[number - 1]))
             list(conn.execute(f"PRAGMA application_id = {APPLICATION_ID}"))
@@ -886,8 +888,7 @@ class SQLiteStorage:
         with self._read(f"list steps of {workflow_id!r}") as conn:
             rows = conn.execute(f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ?", (workflow_id,)).fetchall()
             writes = conn.execute(_BODY_WRITES, (workflow_id,)).fetchall()
-        steps = [StepRow(*row) for row in rows] + [body_write_step(workflow_id, *write) for write in writes]
-        return sorted(steps, key=lambda step: step.position)
+        return steps_with_body_writes(workflow_id, [StepRow(*row) for row in rows], writes)
 
     # ---- streams --------------------------------------------------------------------------------
 
@@ -2087,10 +2088,7 @@ _APPEND_REMEMBERED = (
     "(SELECT 1 FROM workflows w WHERE w.workflow_id = s.workflow_id AND w.status = 'PENDING' AND w.executor_id = ?)"
 )
 _ENTRY_CHECKPOINTS = ENTRY_CHECKPOINTS.format(mark="?")
-_BODY_WRITES = (
-    "SELECT e.position, s.key, e.written_at FROM stream_entries e JOIN streams s ON s.stream_id = e.stream_id "
-    "WHERE s.workflow_id = ? AND e.written_at IS NOT NULL"
-)
+_BODY_WRITES = BODY_WRITES.format(mark="?")
 # Changes of a workflow's status, events and messages are numbered by triggers (see the schema).
 _BUMP = "INSERT INTO workflow_changes (workflow_id) VALUES (?)"
 
